@@ -275,6 +275,48 @@ impl Counter {
     }
 }
 
+/// Name of the ELF symbol (in section [`LAYOUT_SECTION`]) under which the BPF object carries
+/// [`LAYOUT`] as computed by the BPF compilation, so a host test can compare both targets.
+pub const LAYOUT_SYMBOL: &str = "RTPEDGE_LAYOUT";
+/// ELF section of [`LAYOUT_SYMBOL`]; not a map or program section, so the loader ignores it.
+pub const LAYOUT_SECTION: &str = ".rtpedge.layout";
+
+macro_rules! layout_table {
+    ($($ty:ident { $($field:ident),* $(,)? })*) => {
+        /// Sizes, alignments and field offsets of every shared type, in a fixed order, as
+        /// computed by whichever target compiles this crate.
+        pub const LAYOUT: [u32; layout_table!(@count $($ty { $($field)* })*)] = [
+            $(
+                core::mem::size_of::<$ty>() as u32,
+                core::mem::align_of::<$ty>() as u32,
+                $(core::mem::offset_of!($ty, $field) as u32,)*
+            )*
+        ];
+        /// Human-readable names for the entries of [`LAYOUT`] (`Type.size`, `Type.field`).
+        pub const LAYOUT_NAMES: [&str; LAYOUT.len()] = [
+            $(
+                concat!(stringify!($ty), ".size"),
+                concat!(stringify!($ty), ".align"),
+                $(concat!(stringify!($ty), ".", stringify!($field)),)*
+            )*
+        ];
+    };
+    (@count $($ty:ident { $($field:ident)* })*) => { 0 $(+ 2 $(+ layout_table!(@one $field))*)* };
+    (@one $field:ident) => { 1 };
+}
+
+layout_table! {
+    PinholeKey { addr, port, _pad }
+    Pinhole { remote_addr, remote_port, policy, state, dscp, _pad, rate_pps, burst, learn_deadline_ns }
+    PinholeStats {
+        packets, bytes, last_seen_ns, dropped_closed, dropped_wrong_source, dropped_rate_limited,
+        tx_packets, tx_bytes, tokens, tokens_at_ns,
+    }
+    LearnedSource { addr, port, _pad, learned_at_ns }
+    Config { port_min, port_max, flags }
+    Meta { magic, schema }
+}
+
 // Compile-time layout checks: a change here must be deliberate (and bump SCHEMA_VERSION).
 const _: () = assert!(core::mem::size_of::<PinholeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Pinhole>() == 40);

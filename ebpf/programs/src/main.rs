@@ -497,6 +497,13 @@ fn try_tc_egress(ctx: &TcContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// The shared types' layout as this (BPF) compilation sees it; compared with the host's by the
+/// loader's layout test. Lives in a section the loader ignores.
+#[unsafe(no_mangle)]
+#[used]
+#[unsafe(link_section = ".rtpedge.layout")]
+static RTPEDGE_LAYOUT: [u32; rtpedge_common::LAYOUT.len()] = rtpedge_common::LAYOUT;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
