@@ -267,9 +267,27 @@ mod tests {
         }
         assert!(!token_bucket_admit(&mut tok, &mut at, 10, 3, t0));
         // 10 pps: one token per 100 ms
-        assert!(!token_bucket_admit(&mut tok, &mut at, 10, 3, t0 + 99_999_000));
-        assert!(token_bucket_admit(&mut tok, &mut at, 10, 3, t0 + 100_000_000));
-        assert!(!token_bucket_admit(&mut tok, &mut at, 10, 3, t0 + 100_000_000));
+        assert!(!token_bucket_admit(
+            &mut tok,
+            &mut at,
+            10,
+            3,
+            t0 + 99_999_000
+        ));
+        assert!(token_bucket_admit(
+            &mut tok,
+            &mut at,
+            10,
+            3,
+            t0 + 100_000_000
+        ));
+        assert!(!token_bucket_admit(
+            &mut tok,
+            &mut at,
+            10,
+            3,
+            t0 + 100_000_000
+        ));
         // a long idle period refills only up to the burst
         let later = t0 + 3_600_000_000_000;
         for _ in 0..3 {
@@ -297,7 +315,13 @@ mod tests {
     fn token_bucket_extreme_values_do_not_overflow() {
         let (mut tok, mut at) = (0u64, 0u64);
         assert!(token_bucket_admit(&mut tok, &mut at, u32::MAX, u32::MAX, 1));
-        assert!(token_bucket_admit(&mut tok, &mut at, u32::MAX, u32::MAX, u64::MAX));
+        assert!(token_bucket_admit(
+            &mut tok,
+            &mut at,
+            u32::MAX,
+            u32::MAX,
+            u64::MAX
+        ));
     }
 
     /// A real IPv4 header (20 bytes, UDP, TOS 0) with a valid checksum.

@@ -10,7 +10,9 @@ pub enum DataplaneError {
     #[error("no such network interface: {0}")]
     NoSuchInterface(String),
     /// The caller lacks the privileges to load programs or open pinned maps.
-    #[error("permission denied: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    #[error(
+        "permission denied: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)"
+    )]
     PermissionDenied(String),
     /// XDP (in the asked mode) cannot be attached to this interface.
     #[error("cannot attach XDP to {iface} in {mode} mode: {reason}")]
@@ -32,7 +34,9 @@ pub enum DataplaneError {
         iface: String,
     },
     /// Nothing is loaded under the pin root.
-    #[error("the data plane is not loaded (no pinned maps under {0}); run `scripts/ebpf load --iface IF` first")]
+    #[error(
+        "the data plane is not loaded (no pinned maps under {0}); run `scripts/ebpf load --iface IF` first"
+    )]
     NotLoaded(PathBuf),
     /// Pinned objects of another schema exist; they are never reused.
     #[error(

@@ -54,7 +54,10 @@ impl FakeDataplane {
         Self {
             entries: BTreeMap::new(),
             counters: [0; Counter::COUNT as usize],
-            port_range: (rtpedge_common::DEFAULT_PORT_MIN, rtpedge_common::DEFAULT_PORT_MAX),
+            port_range: (
+                rtpedge_common::DEFAULT_PORT_MIN,
+                rtpedge_common::DEFAULT_PORT_MAX,
+            ),
             capacity: MAX_PINHOLES,
             now_ns: 1_000_000_000,
         }
@@ -160,9 +163,9 @@ impl FakeDataplane {
 
     fn info(&self, local: &SocketAddr) -> Option<PinholeInfo> {
         let (key, e) = self.entries.get(local)?;
-        let learned = e.learned.map(|l| {
-            SocketAddr::new(crate::types::addr_from_map(l.addr), l.port)
-        });
+        let learned = e
+            .learned
+            .map(|l| SocketAddr::new(crate::types::addr_from_map(l.addr), l.port));
         let counters = PinholeCounters {
             packets: e.stats.packets,
             bytes: e.stats.bytes,
@@ -290,7 +293,10 @@ mod tests {
         let mut dp = FakeDataplane::new();
         let local = sa("10.0.0.1:30000");
         let peer = sa("10.0.0.2:4000");
-        assert_eq!(dp.deliver(peer, local, 100), Verdict::Drop(Counter::NoPinhole));
+        assert_eq!(
+            dp.deliver(peer, local, 100),
+            Verdict::Drop(Counter::NoPinhole)
+        );
         dp.open_pinhole(&PinholeSpec {
             local,
             remote: RemotePolicy::Exact(peer),
@@ -299,7 +305,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(dp.deliver(peer, local, 100), Verdict::Pass(Some(Dscp::EF)));
-        assert_eq!(dp.deliver(sa("10.0.0.2:4001"), local, 100), Verdict::Drop(Counter::WrongSource));
+        assert_eq!(
+            dp.deliver(sa("10.0.0.2:4001"), local, 100),
+            Verdict::Drop(Counter::WrongSource)
+        );
         dp.close_pinhole(local).unwrap();
         assert_eq!(dp.deliver(peer, local, 100), Verdict::Drop(Counter::Closed));
         let info = dp.pinhole(local).unwrap().unwrap();
@@ -307,9 +316,15 @@ mod tests {
         assert_eq!(info.counters.bytes, 100);
         assert_eq!(info.counters.dropped(), 2);
         dp.remove_pinhole(local).unwrap();
-        assert!(matches!(dp.remove_pinhole(local), Err(DataplaneError::NoSuchPinhole(_))));
+        assert!(matches!(
+            dp.remove_pinhole(local),
+            Err(DataplaneError::NoSuchPinhole(_))
+        ));
         // outside the media range: untouched
-        assert_eq!(dp.deliver(peer, sa("10.0.0.1:5060"), 100), Verdict::Pass(None));
+        assert_eq!(
+            dp.deliver(peer, sa("10.0.0.1:5060"), 100),
+            Verdict::Pass(None)
+        );
         let c = dp.counters().unwrap();
         assert_eq!(c.get(Counter::Passed), 1);
         assert_eq!(c.get(Counter::NoPinhole), 1);
@@ -323,7 +338,10 @@ mod tests {
         let local = sa("10.0.0.1:30002");
         dp.open_pinhole(&PinholeSpec {
             local,
-            remote: RemotePolicy::Learning { from: None, window: Some(Duration::from_secs(3)) },
+            remote: RemotePolicy::Learning {
+                from: None,
+                window: Some(Duration::from_secs(3)),
+            },
             dscp: None,
             rate: None,
         })
@@ -331,12 +349,18 @@ mod tests {
         let a = sa("198.51.100.1:5000");
         let b = sa("198.51.100.9:5000");
         assert_eq!(dp.deliver(a, local, 60), Verdict::Pass(None));
-        assert_eq!(dp.deliver(b, local, 60), Verdict::Drop(Counter::WrongSource));
+        assert_eq!(
+            dp.deliver(b, local, 60),
+            Verdict::Drop(Counter::WrongSource)
+        );
         assert_eq!(dp.learned_source(local).unwrap(), Some(a));
         // A re-INVITE with the same learning policy keeps the latch.
         dp.open_pinhole(&PinholeSpec {
             local,
-            remote: RemotePolicy::Learning { from: None, window: Some(Duration::from_secs(3)) },
+            remote: RemotePolicy::Learning {
+                from: None,
+                window: Some(Duration::from_secs(3)),
+            },
             dscp: None,
             rate: None,
         })
@@ -344,11 +368,17 @@ mod tests {
         assert_eq!(dp.learned_source(local).unwrap(), Some(a));
         dp.relearn(local, Some(Duration::from_secs(1))).unwrap();
         assert_eq!(dp.deliver(b, local, 60), Verdict::Pass(None));
-        assert_eq!(dp.deliver(a, local, 60), Verdict::Drop(Counter::WrongSource));
+        assert_eq!(
+            dp.deliver(a, local, 60),
+            Verdict::Drop(Counter::WrongSource)
+        );
         // after the window nothing new is learned
         dp.relearn(local, Some(Duration::from_secs(1))).unwrap();
         dp.advance(Duration::from_secs(2));
-        assert_eq!(dp.deliver(a, local, 60), Verdict::Drop(Counter::WrongSource));
+        assert_eq!(
+            dp.deliver(a, local, 60),
+            Verdict::Drop(Counter::WrongSource)
+        );
     }
 
     #[test]
@@ -365,7 +395,10 @@ mod tests {
         .unwrap();
         assert_eq!(dp.deliver(peer, local, 60), Verdict::Pass(None));
         assert_eq!(dp.deliver(peer, local, 60), Verdict::Pass(None));
-        assert_eq!(dp.deliver(peer, local, 60), Verdict::Drop(Counter::RateLimited));
+        assert_eq!(
+            dp.deliver(peer, local, 60),
+            Verdict::Drop(Counter::RateLimited)
+        );
         dp.advance(Duration::from_millis(20));
         assert_eq!(dp.deliver(peer, local, 60), Verdict::Pass(None));
         let e = dp.open_pinhole(&PinholeSpec {

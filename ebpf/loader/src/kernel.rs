@@ -15,7 +15,8 @@ use rtpedge_common::{
 
 use crate::{
     Dataplane, DataplaneError, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
-    RateLimit, clock::monotonic_ns,
+    RateLimit,
+    clock::monotonic_ns,
     fake::keeps_learned,
     types::{addr_from_map, info_of, key_of, pinhole_value},
 };
@@ -37,7 +38,12 @@ pub(crate) fn expected_layout(name: &str) -> Option<(aya::maps::MapType, u32, u3
     use core::mem::size_of;
     let sz = |n: usize| n as u32;
     Some(match name {
-        map_names::PINHOLES => (T::Hash, sz(size_of::<PinholeKey>()), sz(size_of::<Pinhole>()), MAX_PINHOLES),
+        map_names::PINHOLES => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<Pinhole>()),
+            MAX_PINHOLES,
+        ),
         map_names::PINHOLE_STATS => (
             T::PerCpuHash,
             sz(size_of::<PinholeKey>()),
@@ -64,7 +70,8 @@ fn map_err(context: &str) -> impl FnOnce(MapError) -> DataplaneError + '_ {
 /// Checks a map's kernel-side layout against what this build expects.
 pub(crate) fn check_layout(name: &str, data: &MapData, path: &Path) -> Result<(), DataplaneError> {
     let info = data.info().map_err(map_err("reading map info"))?;
-    let (ty, k, v, n) = expected_layout(name).ok_or_else(|| DataplaneError::Invalid(format!("unknown map {name}")))?;
+    let (ty, k, v, n) = expected_layout(name)
+        .ok_or_else(|| DataplaneError::Invalid(format!("unknown map {name}")))?;
     let got_ty = info.map_type().map_err(map_err("reading map type"))?;
     if got_ty != ty || info.key_size() != k || info.value_size() != v || info.max_entries() != n {
         return Err(DataplaneError::MapLayout {
@@ -101,7 +108,11 @@ impl KernelDataplane {
         if meta.magic != META_MAGIC || meta.schema != SCHEMA_VERSION {
             return Err(DataplaneError::SchemaMismatch {
                 path: maps_dir.to_path_buf(),
-                found: if meta.magic == META_MAGIC { meta.schema } else { 0 },
+                found: if meta.magic == META_MAGIC {
+                    meta.schema
+                } else {
+                    0
+                },
                 expected: SCHEMA_VERSION,
             });
         }
@@ -154,10 +165,20 @@ impl KernelDataplane {
     /// Sets the media port range (takes effect on the next packet).
     pub fn set_port_range(&mut self, lo: u16, hi: u16) -> Result<(), DataplaneError> {
         if lo == 0 || lo > hi {
-            return Err(DataplaneError::Invalid(format!("port range {lo}-{hi}: need 0 < LO <= HI")));
+            return Err(DataplaneError::Invalid(format!(
+                "port range {lo}-{hi}: need 0 < LO <= HI"
+            )));
         }
         self.config
-            .set(0, Config { port_min: lo, port_max: hi, flags: 0 }, 0)
+            .set(
+                0,
+                Config {
+                    port_min: lo,
+                    port_max: hi,
+                    flags: 0,
+                },
+                0,
+            )
             .map_err(map_err("writing CONFIG"))
     }
 
@@ -170,7 +191,9 @@ impl KernelDataplane {
     }
 
     fn put(&mut self, key: &PinholeKey, ph: Pinhole) -> Result<(), DataplaneError> {
-        self.pinholes.insert(key, ph, 0).map_err(|e| full_or(e, "writing PINHOLES"))
+        self.pinholes
+            .insert(key, ph, 0)
+            .map_err(|e| full_or(e, "writing PINHOLES"))
     }
 
     fn modify(
@@ -179,7 +202,9 @@ impl KernelDataplane {
         f: impl FnOnce(&mut Pinhole),
     ) -> Result<(), DataplaneError> {
         let key = key_of(local)?;
-        let mut ph = self.get(&key)?.ok_or(DataplaneError::NoSuchPinhole(local))?;
+        let mut ph = self
+            .get(&key)?
+            .ok_or(DataplaneError::NoSuchPinhole(local))?;
         f(&mut ph);
         self.put(&key, ph)
     }
@@ -214,8 +239,19 @@ impl KernelDataplane {
         Ok(c)
     }
 
-    fn info_for(&self, key: &PinholeKey, ph: &Pinhole, now: u64) -> Result<PinholeInfo, DataplaneError> {
-        Ok(info_of(key, ph, self.learned_of(key)?, self.counters_of(key, now)?, now))
+    fn info_for(
+        &self,
+        key: &PinholeKey,
+        ph: &Pinhole,
+        now: u64,
+    ) -> Result<PinholeInfo, DataplaneError> {
+        Ok(info_of(
+            key,
+            ph,
+            self.learned_of(key)?,
+            self.counters_of(key, now)?,
+            now,
+        ))
     }
 
     /// Number of pinholes.
@@ -294,7 +330,9 @@ impl Dataplane for KernelDataplane {
     }
 
     fn set_dscp(&mut self, local: SocketAddr, dscp: Option<Dscp>) -> Result<(), DataplaneError> {
-        self.modify(local, |ph| ph.dscp = dscp.map_or(rtpedge_common::DSCP_NONE, Dscp::value))
+        self.modify(local, |ph| {
+            ph.dscp = dscp.map_or(rtpedge_common::DSCP_NONE, Dscp::value)
+        })
     }
 
     fn set_rate_limit(
@@ -314,7 +352,9 @@ impl Dataplane for KernelDataplane {
         window: Option<Duration>,
     ) -> Result<(), DataplaneError> {
         let key = key_of(local)?;
-        let mut ph = self.get(&key)?.ok_or(DataplaneError::NoSuchPinhole(local))?;
+        let mut ph = self
+            .get(&key)?
+            .ok_or(DataplaneError::NoSuchPinhole(local))?;
         if ph.policy != policy::LEARNING {
             return Err(DataplaneError::Invalid(format!(
                 "pinhole {local} does not use the learning policy"

@@ -21,10 +21,8 @@ pub use clock::monotonic_ns;
 pub use error::DataplaneError;
 pub use fake::{FakeDataplane, Verdict};
 pub use kernel::KernelDataplane;
-pub use loader::{
-    Attachment, LoadOptions, LoadReport, Status, UnloadReport, load, status, unload,
-};
-pub use pin::{DEFAULT_PIN_ROOT, PinLayout, escape_ip_netns_exec_mount_namespace};
+pub use loader::{Attachment, LoadOptions, LoadReport, Status, UnloadReport, load, status, unload};
+pub use pin::{DEFAULT_PIN_ROOT, PinLayout, enter_netns, escape_ip_netns_exec_mount_namespace};
 pub use rtpedge_common::{Counter, SCHEMA_VERSION};
 pub use types::{
     AttachMode, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec, PinholeState,
@@ -57,8 +55,11 @@ pub trait Dataplane {
     ) -> Result<(), DataplaneError>;
     /// Forgets a learning pinhole's latched source and opens a new learning window (media
     /// handover, authorised by signaling).
-    fn relearn(&mut self, local: SocketAddr, window: Option<Duration>)
-    -> Result<(), DataplaneError>;
+    fn relearn(
+        &mut self,
+        local: SocketAddr,
+        window: Option<Duration>,
+    ) -> Result<(), DataplaneError>;
     /// One pinhole with its counters, if it exists.
     fn pinhole(&self, local: SocketAddr) -> Result<Option<PinholeInfo>, DataplaneError>;
     /// Every pinhole, ordered by local address.

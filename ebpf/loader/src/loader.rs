@@ -102,7 +102,8 @@ pub struct Status {
 
 fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
     validate_iface_name(iface)?;
-    let c = CString::new(iface).map_err(|_| DataplaneError::Invalid(format!("interface {iface:?}")))?;
+    let c =
+        CString::new(iface).map_err(|_| DataplaneError::Invalid(format!("interface {iface:?}")))?;
     // SAFETY: valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
@@ -246,7 +247,8 @@ fn attach_fresh(
         .ok_or_else(|| DataplaneError::Invalid("BPF object lacks xdp_edge".into()))?
         .try_into()
         .map_err(|e| DataplaneError::bpf("xdp_edge", e))?;
-    xdp.load().map_err(|e| DataplaneError::bpf("verifying xdp_edge", e))?;
+    xdp.load()
+        .map_err(|e| DataplaneError::bpf("verifying xdp_edge", e))?;
     let (xdp_link_id, xdp_mode) = match opts.mode {
         AttachMode::Native => (
             xdp.attach(&opts.iface, XdpMode::Driver)
@@ -292,10 +294,11 @@ fn attach_fresh(
             .ok_or_else(|| DataplaneError::Invalid("BPF object lacks tc_egress".into()))?
             .try_into()
             .map_err(|e| DataplaneError::bpf("tc_egress", e))?;
-        tc.load().map_err(|e| DataplaneError::bpf("verifying tc_egress", e))?;
-        let id = tc
-            .attach(&opts.iface, TcAttachType::Egress)
-            .map_err(|e| DataplaneError::bpf(format!("attaching tc_egress to {}", opts.iface), e))?;
+        tc.load()
+            .map_err(|e| DataplaneError::bpf("verifying tc_egress", e))?;
+        let id = tc.attach(&opts.iface, TcAttachType::Egress).map_err(|e| {
+            DataplaneError::bpf(format!("attaching tc_egress to {}", opts.iface), e)
+        })?;
         let link = tc
             .take_link(id)
             .map_err(|e| DataplaneError::bpf("taking the TC link", e))?;
@@ -362,7 +365,8 @@ pub fn unload(pin_root: &std::path::Path, iface: &str) -> Result<UnloadReport, D
         match PinnedLink::from_pin(f.path()) {
             Ok(link) => {
                 // Unpinning drops the last reference: the kernel detaches the program.
-                link.unpin().map_err(|e| DataplaneError::bpf(format!("unpinning {name}"), e))?;
+                link.unpin()
+                    .map_err(|e| DataplaneError::bpf(format!("unpinning {name}"), e))?;
             }
             Err(_) => {
                 fs::remove_file(f.path())
@@ -371,7 +375,8 @@ pub fn unload(pin_root: &std::path::Path, iface: &str) -> Result<UnloadReport, D
         }
         detached.extend(attachment_of(iface, &name));
     }
-    fs::remove_dir(&dir).map_err(|e| DataplaneError::bpf(format!("removing {}", dir.display()), e))?;
+    fs::remove_dir(&dir)
+        .map_err(|e| DataplaneError::bpf(format!("removing {}", dir.display()), e))?;
     let maps_removed = attachments(&layout).is_empty();
     if maps_removed {
         fs::remove_dir_all(layout.version_dir()).map_err(|e| {

@@ -8,8 +8,8 @@
 //!
 //! `ip netns exec` runs commands in a fresh mount namespace with a fresh /sys, so pins made
 //! there would vanish with the process. [`escape_ip_netns_exec_mount_namespace`] moves the
-//! process back to the host's mount namespace (keeping its network namespace), so the same pins
-//! are seen from inside and outside the network namespace.
+//! process back to the mount namespace it was invoked from (keeping its network namespace), so
+//! the same pins are seen from inside and outside the network namespace.
 
 use std::{
     fs,
@@ -125,7 +125,8 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
         } else {
             root.to_path_buf()
         };
-        fs::create_dir_all(&target).map_err(|e| err(format!("creating {}: {e}", target.display())))?;
+        fs::create_dir_all(&target)
+            .map_err(|e| err(format!("creating {}: {e}", target.display())))?;
         nix::mount::mount(
             Some("bpf"),
             &target,
@@ -146,38 +147,58 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
     fs::create_dir_all(root).map_err(|e| err(format!("creating it: {e}")))
 }
 
-/// Inode of a namespace link such as `/proc/self/ns/mnt`.
-fn ns_inode(path: &str) -> Option<u64> {
-    fs::metadata(path).ok().map(|m| m.ino())
+/// Inode of a process's mount namespace (`/proc/<pid>/ns/mnt`).
+fn mnt_ns_inode(pid: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
 }
 
-/// If this process runs under `ip netns exec` (a private mount namespace whose /sys carries no
-/// bpffs), joins the host's mount namespace (that of PID 1) so that pins are shared with the
-/// host and survive the process. The network namespace is kept. Must be called while the
-/// process is single-threaded (first thing in `main`). Returns whether it switched.
+/// Parent pid of `pid`, from `/proc/<pid>/stat` (the field after the parenthesised name).
+fn parent_of(pid: &str) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// If this process runs under `ip netns exec` (a private mount namespace whose fresh /sys
+/// carries no bpffs), joins the mount namespace of the nearest ancestor process that is outside
+/// it (the shell that ran `ip netns exec`), so that pins are shared with the host and survive
+/// the process. The network namespace is kept. Must be called while the process is
+/// single-threaded (first thing in `main`). Returns whether it switched.
 pub fn escape_ip_netns_exec_mount_namespace() -> Result<bool, DataplaneError> {
     if is_bpffs(Path::new(BPF_FS)) {
         return Ok(false);
     }
-    let (Some(mine), Some(host)) = (ns_inode("/proc/self/ns/mnt"), ns_inode("/proc/1/ns/mnt"))
-    else {
+    let Some(mine) = mnt_ns_inode("self") else {
         return Ok(false);
     };
-    if mine == host {
-        return Ok(false);
-    }
-    let f = fs::File::open("/proc/1/ns/mnt").map_err(|e| DataplaneError::PinRoot {
+    let mut pid = std::process::id();
+    let outside = loop {
+        match parent_of(&pid.to_string()) {
+            Some(ppid) if ppid > 0 => pid = ppid,
+            _ => return Ok(false),
+        }
+        match mnt_ns_inode(&pid.to_string()) {
+            Some(ino) if ino != mine => break pid,
+            Some(_) => continue,
+            None => return Ok(false),
+        }
+    };
+    let err = |reason: String| DataplaneError::PinRoot {
         path: BPF_FS.into(),
-        reason: format!("private mount namespace without bpffs, and /proc/1/ns/mnt: {e}"),
+        reason,
+    };
+    let f = fs::File::open(format!("/proc/{outside}/ns/mnt")).map_err(|e| {
+        err(format!(
+            "private mount namespace without bpffs, and /proc/{outside}/ns/mnt: {e}"
+        ))
     })?;
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
-        DataplaneError::PinRoot {
-            path: BPF_FS.into(),
-            reason: format!(
-                "private mount namespace (ip netns exec?) without bpffs, and joining the host's \
-                 mount namespace failed: {e}; pass --netns NAME instead of using ip netns exec"
-            ),
-        }
+        err(format!(
+            "private mount namespace (ip netns exec?) without bpffs, and joining the invoking \
+             process's mount namespace failed: {e}; use --netns NAME instead of ip netns exec"
+        ))
     })?;
     Ok(true)
 }
@@ -202,7 +223,10 @@ mod tests {
     #[test]
     fn layout_is_versioned() {
         let l = PinLayout::new("/sys/fs/bpf/x");
-        assert_eq!(l.maps_dir(), PathBuf::from(format!("/sys/fs/bpf/x/v{SCHEMA_VERSION}/maps")));
+        assert_eq!(
+            l.maps_dir(),
+            PathBuf::from(format!("/sys/fs/bpf/x/v{SCHEMA_VERSION}/maps"))
+        );
         assert_eq!(
             l.iface_links("eth0.100").unwrap(),
             PathBuf::from(format!("/sys/fs/bpf/x/v{SCHEMA_VERSION}/links/eth0.100"))

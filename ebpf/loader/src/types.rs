@@ -66,7 +66,8 @@ impl FromStr for RateLimit {
     type Err = DataplaneError;
     /// Parses `PPS/BURST`, e.g. `100/20`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || DataplaneError::Invalid(format!("rate {s:?}: expected PPS/BURST, e.g. 100/20"));
+        let bad =
+            || DataplaneError::Invalid(format!("rate {s:?}: expected PPS/BURST, e.g. 100/20"));
         let (p, b) = s.split_once('/').ok_or_else(bad)?;
         let pps = p.trim().parse().map_err(|_| bad())?;
         let burst = b.trim().parse().map_err(|_| bad())?;
@@ -247,7 +248,11 @@ impl FromStr for AttachMode {
 
 /// Parses `LO-HI` into an inclusive port range.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), DataplaneError> {
-    let bad = || DataplaneError::Invalid(format!("port range {s:?}: expected LO-HI, e.g. 30000-40000"));
+    let bad = || {
+        DataplaneError::Invalid(format!(
+            "port range {s:?}: expected LO-HI, e.g. 30000-40000"
+        ))
+    };
     let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
     let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
     let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
@@ -299,7 +304,11 @@ pub fn local_of(key: &PinholeKey) -> SocketAddr {
 }
 
 /// Builds the map value for a spec. `now_ns` is the monotonic clock (for the learning deadline).
-pub fn pinhole_value(spec: &PinholeSpec, open: bool, now_ns: u64) -> Result<Pinhole, DataplaneError> {
+pub fn pinhole_value(
+    spec: &PinholeSpec,
+    open: bool,
+    now_ns: u64,
+) -> Result<Pinhole, DataplaneError> {
     let family_ok = |ip: IpAddr| ip.is_ipv4() == spec.local.is_ipv4();
     let (remote_addr, remote_port, pol, deadline) = match spec.remote {
         RemotePolicy::Exact(r) => {
@@ -345,7 +354,9 @@ pub fn pinhole_value(spec: &PinholeSpec, open: bool, now_ns: u64) -> Result<Pinh
             };
             let deadline = match window {
                 None => 0,
-                Some(w) => now_ns.saturating_add(w.as_nanos().min(u64::MAX as u128) as u64).max(1),
+                Some(w) => now_ns
+                    .saturating_add(w.as_nanos().min(u64::MAX as u128) as u64)
+                    .max(1),
             };
             (addr, 0, policy::LEARNING, deadline)
         }
@@ -406,7 +417,11 @@ pub fn info_of(
 
 /// Parses the operator form of a remote for a policy: `IP:PORT` for exact, `IP` (or `IP:PORT`,
 /// port ignored) for address, and for learning `IP`, `*`, `0.0.0.0` or `::` (any).
-pub fn parse_remote(policy: &str, remote: &str, window: Option<Duration>) -> Result<RemotePolicy, DataplaneError> {
+pub fn parse_remote(
+    policy: &str,
+    remote: &str,
+    window: Option<Duration>,
+) -> Result<RemotePolicy, DataplaneError> {
     let as_sock = remote.parse::<SocketAddr>().ok();
     let as_ip = remote
         .trim_start_matches('[')
@@ -420,7 +435,9 @@ pub fn parse_remote(policy: &str, remote: &str, window: Option<Duration>) -> Res
         "address" => as_ip
             .or(as_sock.map(|s| s.ip()))
             .map(RemotePolicy::Address)
-            .ok_or_else(|| DataplaneError::Invalid(format!("remote {remote:?}: not an IP address"))),
+            .ok_or_else(|| {
+                DataplaneError::Invalid(format!("remote {remote:?}: not an IP address"))
+            }),
         "learning" => {
             let from = if remote == "*" || remote.is_empty() {
                 None
@@ -444,7 +461,13 @@ mod tests {
 
     #[test]
     fn parse_rate_and_range() {
-        assert_eq!("100/20".parse::<RateLimit>().unwrap(), RateLimit { pps: 100, burst: 20 });
+        assert_eq!(
+            "100/20".parse::<RateLimit>().unwrap(),
+            RateLimit {
+                pps: 100,
+                burst: 20
+            }
+        );
         assert!("100".parse::<RateLimit>().is_err());
         assert!("0/5".parse::<RateLimit>().is_err());
         assert!("x/5".parse::<RateLimit>().is_err());
@@ -466,8 +489,14 @@ mod tests {
         for remote in [
             RemotePolicy::Exact("10.0.0.2:4000".parse().unwrap()),
             RemotePolicy::Address("10.0.0.2".parse().unwrap()),
-            RemotePolicy::Learning { from: None, window: None },
-            RemotePolicy::Learning { from: Some("10.0.0.2".parse().unwrap()), window: None },
+            RemotePolicy::Learning {
+                from: None,
+                window: None,
+            },
+            RemotePolicy::Learning {
+                from: Some("10.0.0.2".parse().unwrap()),
+                window: None,
+            },
         ] {
             let spec = PinholeSpec {
                 local,
@@ -490,7 +519,10 @@ mod tests {
     fn learning_window_becomes_deadline() {
         let spec = PinholeSpec {
             local: "[2001:db8::1]:30002".parse().unwrap(),
-            remote: RemotePolicy::Learning { from: None, window: Some(Duration::from_secs(3)) },
+            remote: RemotePolicy::Learning {
+                from: None,
+                window: Some(Duration::from_secs(3)),
+            },
             dscp: None,
             rate: None,
         };
@@ -502,12 +534,29 @@ mod tests {
     #[test]
     fn invalid_specs_are_refused_with_reasons() {
         let local: SocketAddr = "10.0.0.1:30000".parse().unwrap();
-        let mk = |remote| PinholeSpec { local, remote, dscp: None, rate: None };
-        let e = pinhole_value(&mk(RemotePolicy::Exact("10.0.0.2:0".parse().unwrap())), true, 0);
+        let mk = |remote| PinholeSpec {
+            local,
+            remote,
+            dscp: None,
+            rate: None,
+        };
+        let e = pinhole_value(
+            &mk(RemotePolicy::Exact("10.0.0.2:0".parse().unwrap())),
+            true,
+            0,
+        );
         assert!(e.unwrap_err().to_string().contains("concrete remote"));
-        let e = pinhole_value(&mk(RemotePolicy::Exact("[::2]:5".parse().unwrap())), true, 0);
+        let e = pinhole_value(
+            &mk(RemotePolicy::Exact("[::2]:5".parse().unwrap())),
+            true,
+            0,
+        );
         assert!(e.unwrap_err().to_string().contains("families"));
-        let e = pinhole_value(&mk(RemotePolicy::Address("0.0.0.0".parse().unwrap())), true, 0);
+        let e = pinhole_value(
+            &mk(RemotePolicy::Address("0.0.0.0".parse().unwrap())),
+            true,
+            0,
+        );
         assert!(e.is_err());
         assert!(key_of("0.0.0.0:30000".parse().unwrap()).is_err());
         assert!(key_of("10.0.0.1:0".parse().unwrap()).is_err());
@@ -526,7 +575,10 @@ mod tests {
         );
         assert_eq!(
             parse_remote("learning", "0.0.0.0", None).unwrap(),
-            RemotePolicy::Learning { from: None, window: None }
+            RemotePolicy::Learning {
+                from: None,
+                window: None
+            }
         );
         assert!(parse_remote("bogus", "1.2.3.4", None).is_err());
     }

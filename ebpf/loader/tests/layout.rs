@@ -43,7 +43,12 @@ fn bpf_and_host_layouts_agree_field_by_field() {
 fn bpf_map_definitions_match_the_shared_types() {
     let obj = aya_obj::Object::parse(BPF_OBJECT).expect("parse BPF object");
     let expect: [(&str, u32, u32, u32); 6] = [
-        (map_names::PINHOLES, size_of::<PinholeKey>() as u32, size_of::<Pinhole>() as u32, MAX_PINHOLES),
+        (
+            map_names::PINHOLES,
+            size_of::<PinholeKey>() as u32,
+            size_of::<Pinhole>() as u32,
+            MAX_PINHOLES,
+        ),
         (
             map_names::PINHOLE_STATS,
             size_of::<PinholeKey>() as u32,
@@ -60,10 +65,22 @@ fn bpf_map_definitions_match_the_shared_types() {
         (map_names::CONFIG, 4, size_of::<Config>() as u32, 1),
         (map_names::META, 4, size_of::<Meta>() as u32, 1),
     ];
-    assert_eq!(obj.maps.len(), expect.len(), "maps: {:?}", obj.maps.keys().collect::<Vec<_>>());
+    assert_eq!(
+        obj.maps.len(),
+        expect.len(),
+        "maps: {:?}",
+        obj.maps.keys().collect::<Vec<_>>()
+    );
     for (name, k, v, n) in expect {
-        let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));
-        assert_eq!((m.key_size(), m.value_size(), m.max_entries()), (k, v, n), "map {name}");
+        let m = obj
+            .maps
+            .get(name)
+            .unwrap_or_else(|| panic!("map {name} missing"));
+        assert_eq!(
+            (m.key_size(), m.value_size(), m.max_entries()),
+            (k, v, n),
+            "map {name}"
+        );
     }
 }
 

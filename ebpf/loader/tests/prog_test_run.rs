@@ -43,7 +43,12 @@ impl Harness {
     }
 
     fn xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let xdp: &mut Xdp = self.bpf.program_mut("xdp_edge").unwrap().try_into().unwrap();
+        let xdp: &mut Xdp = self
+            .bpf
+            .program_mut("xdp_edge")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = xdp
             .test_run(TestRunOptions {
@@ -57,8 +62,12 @@ impl Harness {
     }
 
     fn tc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let tc: &mut SchedClassifier =
-            self.bpf.program_mut("tc_egress").unwrap().try_into().unwrap();
+        let tc: &mut SchedClassifier = self
+            .bpf
+            .program_mut("tc_egress")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = tc
             .test_run(TestRunOptions {
@@ -119,8 +128,17 @@ fn outside_media_range_passes_untouched() {
         return;
     }
     let mut h = Harness::new();
-    for dst in ["10.0.0.1:5060", "10.0.0.1:29999", "10.0.0.1:40001", "[2001:db8::1]:5060"] {
-        let src = if dst.starts_with('[') { "[2001:db8::2]:4000" } else { PEER };
+    for dst in [
+        "10.0.0.1:5060",
+        "10.0.0.1:29999",
+        "10.0.0.1:40001",
+        "[2001:db8::1]:5060",
+    ] {
+        let src = if dst.starts_with('[') {
+            "[2001:db8::2]:4000"
+        } else {
+            PEER
+        };
         let f = Frame::udp(src, dst).build();
         let out = h.expect(&f, XDP_PASS, Counter::NotMedia, dst);
         assert_eq!(out, f, "untouched");
@@ -191,7 +209,12 @@ fn exact_policy_checks_address_and_port() {
     h.expect(&wrong_addr, XDP_DROP, Counter::WrongSource, "wrong address");
     // Wrong local address is a different pinhole key altogether.
     let other_local = Frame::udp(PEER, "10.0.0.9:30000").build();
-    h.expect(&other_local, XDP_DROP, Counter::NoPinhole, "other local address");
+    h.expect(
+        &other_local,
+        XDP_DROP,
+        Counter::NoPinhole,
+        "other local address",
+    );
     let info = h.dp.pinhole(sa(LOCAL)).unwrap().unwrap();
     assert_eq!(info.counters.packets, 1);
     assert_eq!(info.counters.bytes, ok.len() as u64);
@@ -230,24 +253,39 @@ fn learning_latches_the_first_source_then_locks() {
     let first = Frame::udp("198.51.100.7:5004", LOCAL).build();
     let before = h.counters();
     h.expect(&first, XDP_PASS, Counter::Passed, "first source");
-    assert_eq!(h.counters().get(Counter::Learned) - before.get(Counter::Learned), 1);
-    assert_eq!(h.dp.learned_source(sa(LOCAL)).unwrap(), Some(sa("198.51.100.7:5004")));
+    assert_eq!(
+        h.counters().get(Counter::Learned) - before.get(Counter::Learned),
+        1
+    );
+    assert_eq!(
+        h.dp.learned_source(sa(LOCAL)).unwrap(),
+        Some(sa("198.51.100.7:5004"))
+    );
     h.expect(&first, XDP_PASS, Counter::Passed, "same source again");
     // RTP Bleed / Inject: another port of the same host, another host, within the window.
     for bad in ["198.51.100.7:5006", "198.51.100.8:5004", "10.0.0.2:4000"] {
         let f = Frame::udp(bad, LOCAL).build();
         h.expect(&f, XDP_DROP, Counter::WrongSource, bad);
     }
-    assert_eq!(h.dp.learned_source(sa(LOCAL)).unwrap(), Some(sa("198.51.100.7:5004")));
+    assert_eq!(
+        h.dp.learned_source(sa(LOCAL)).unwrap(),
+        Some(sa("198.51.100.7:5004"))
+    );
     let info = h.dp.pinhole(sa(LOCAL)).unwrap().unwrap();
     assert_eq!(info.remote_display(), "198.51.100.7:5004");
 
     // Media handover only when signaling says so.
-    h.dp.relearn(sa(LOCAL), Some(Duration::from_secs(30))).unwrap();
+    h.dp.relearn(sa(LOCAL), Some(Duration::from_secs(30)))
+        .unwrap();
     assert_eq!(h.dp.learned_source(sa(LOCAL)).unwrap(), None);
     let moved = Frame::udp("198.51.100.9:6000", LOCAL).build();
     h.expect(&moved, XDP_PASS, Counter::Passed, "after relearn");
-    h.expect(&first, XDP_DROP, Counter::WrongSource, "old source after relearn");
+    h.expect(
+        &first,
+        XDP_DROP,
+        Counter::WrongSource,
+        "old source after relearn",
+    );
 }
 
 #[test]
@@ -279,11 +317,21 @@ fn learning_window_expiry_and_address_restriction() {
         },
     );
     let intruder = Frame::udp("10.0.0.66:4000", local2).build();
-    h.expect(&intruder, XDP_DROP, Counter::WrongSource, "intruder before genuine");
+    h.expect(
+        &intruder,
+        XDP_DROP,
+        Counter::WrongSource,
+        "intruder before genuine",
+    );
     let genuine = Frame::udp("10.0.0.2:4010", local2).build();
     h.expect(&genuine, XDP_PASS, Counter::Passed, "genuine");
     let same_host_other_port = Frame::udp("10.0.0.2:4012", local2).build();
-    h.expect(&same_host_other_port, XDP_DROP, Counter::WrongSource, "port locked once learned");
+    h.expect(
+        &same_host_other_port,
+        XDP_DROP,
+        Counter::WrongSource,
+        "port locked once learned",
+    );
 }
 
 #[test]
@@ -292,17 +340,31 @@ fn policy_update_clears_a_latch_it_does_not_keep() {
         return;
     }
     let mut h = Harness::new();
-    h.open(LOCAL, RemotePolicy::Learning { from: None, window: None });
+    h.open(
+        LOCAL,
+        RemotePolicy::Learning {
+            from: None,
+            window: None,
+        },
+    );
     let a = Frame::udp(PEER, LOCAL).build();
     h.expect(&a, XDP_PASS, Counter::Passed, "learn");
     // re-INVITE with an exact remote: the latch is gone, the exact remote rules.
     h.open(LOCAL, RemotePolicy::Exact(sa("10.0.0.5:7000")));
     assert_eq!(h.dp.learned_source(sa(LOCAL)).unwrap(), None);
-    h.expect(&a, XDP_DROP, Counter::WrongSource, "old latch no longer admits");
+    h.expect(
+        &a,
+        XDP_DROP,
+        Counter::WrongSource,
+        "old latch no longer admits",
+    );
     let b = Frame::udp("10.0.0.5:7000", LOCAL).build();
     h.expect(&b, XDP_PASS, Counter::Passed, "new exact remote");
     // Counters survived the update.
-    assert_eq!(h.dp.pinhole(sa(LOCAL)).unwrap().unwrap().counters.packets, 2);
+    assert_eq!(
+        h.dp.pinhole(sa(LOCAL)).unwrap().unwrap().counters.packets,
+        2
+    );
 }
 
 #[test]
@@ -356,7 +418,13 @@ fn dscp_rewrite_ipv4_with_and_without_options() {
         return;
     }
     let mut h = Harness::new();
-    for (dscp, tos, options) in [(46u8, 0u8, 0usize), (34, 0x03, 0), (0, 0xb8, 1), (63, 0x01, 10), (46, 0xb9, 3)] {
+    for (dscp, tos, options) in [
+        (46u8, 0u8, 0usize),
+        (34, 0x03, 0),
+        (0, 0xb8, 1),
+        (63, 0x01, 10),
+        (46, 0xb9, 3),
+    ] {
         h.dp.open_pinhole(&PinholeSpec {
             local: sa(LOCAL),
             remote: RemotePolicy::Exact(sa(PEER)),
@@ -367,7 +435,10 @@ fn dscp_rewrite_ipv4_with_and_without_options() {
         let f = Frame::udp(PEER, LOCAL).tos(tos).options(options).build();
         let before = h.counters();
         let out = h.expect(&f, XDP_PASS, Counter::Passed, "dscp");
-        assert_eq!(h.counters().get(Counter::DscpMarked) - before.get(Counter::DscpMarked), 1);
+        assert_eq!(
+            h.counters().get(Counter::DscpMarked) - before.get(Counter::DscpMarked),
+            1
+        );
         assert_eq!(out.len(), f.len());
         check_ipv4_dscp(&out, 14, dscp, tos & 3);
         // Nothing else changed: payload and UDP header intact.
@@ -396,7 +467,11 @@ fn dscp_rewrite_ipv6_traffic_class() {
     let out = h.expect(&f, XDP_PASS, Counter::Passed, "ipv6 dscp");
     let w = u32::from_be_bytes([out[14], out[15], out[16], out[17]]);
     assert_eq!(w >> 28, 6, "version");
-    assert_eq!((w >> 20) & 0xff, (46 << 2) | 2, "traffic class: EF with ECN kept");
+    assert_eq!(
+        (w >> 20) & 0xff,
+        (46 << 2) | 2,
+        "traffic class: EF with ECN kept"
+    );
     assert_eq!(w & 0xfffff, 0x12345, "flow label kept");
     assert_eq!(out[18..], f[18..]);
 }
@@ -422,7 +497,9 @@ fn vlan_tagged_frames_are_parsed() {
     let unknown = Frame::udp(PEER, "10.0.0.1:30100").vlan(7).build();
     h.expect(&unknown, XDP_DROP, Counter::NoPinhole, "vlan v4 no pinhole");
     // IPv6 behind a tag.
-    let v6 = Frame::udp("[2001:db8::2]:1", "[2001:db8::1]:30020").vlan(5).build();
+    let v6 = Frame::udp("[2001:db8::2]:1", "[2001:db8::1]:30020")
+        .vlan(5)
+        .build();
     h.expect(&v6, XDP_DROP, Counter::NoPinhole, "vlan v6 no pinhole");
 }
 
@@ -442,14 +519,25 @@ fn ipv6_extension_headers_fragments_and_unknown_next_headers() {
     h.expect(&f, XDP_DROP, Counter::WrongSource, "hbh, wrong source");
     // A first fragment carries the UDP header and is judged like any packet.
     let f = Frame::udp("[2001:db8::3]:5000", local).ext(44, 8).build();
-    h.expect(&f, XDP_DROP, Counter::WrongSource, "first fragment, wrong source");
+    h.expect(
+        &f,
+        XDP_DROP,
+        Counter::WrongSource,
+        "first fragment, wrong source",
+    );
     // A non-first fragment has no ports: passed and counted (it cannot reassemble alone).
     let mut f = Frame::udp(peer, local).ext(44, 8).build();
     f[14 + 40 + 2] = 0x00;
     f[14 + 40 + 3] = 0x08; // offset 1 (8 bytes)
     h.expect(&f, XDP_PASS, Counter::Fragment, "non-first fragment");
     // A chain longer than any UDP media packet carries cannot be followed: dropped.
-    let f = Frame::udp(peer, local).ext(0, 8).ext(60, 8).ext(60, 8).ext(60, 8).ext(60, 8).build();
+    let f = Frame::udp(peer, local)
+        .ext(0, 8)
+        .ext(60, 8)
+        .ext(60, 8)
+        .ext(60, 8)
+        .ext(60, 8)
+        .build();
     h.expect(&f, XDP_DROP, Counter::Malformed, "5 extension headers");
     // Next headers the firewall does not govern (ESP, ICMPv6, experimental) pass as not media.
     for proto in [50u8, 58, 253] {
@@ -516,12 +604,27 @@ fn truncated_frames_of_every_length() {
     }
     let mut h = Harness::new();
     h.open(LOCAL, RemotePolicy::Exact(sa(PEER)));
-    h.open("[2001:db8::1]:30030", RemotePolicy::Exact(sa("[2001:db8::2]:5000")));
+    h.open(
+        "[2001:db8::1]:30030",
+        RemotePolicy::Exact(sa("[2001:db8::2]:5000")),
+    );
     let cases = [
         ("ipv4", Frame::udp(PEER, LOCAL).build(), 14 + 20),
-        ("ipv4+options", Frame::udp(PEER, LOCAL).options(2).build(), 14 + 28),
-        ("ipv4+vlan", Frame::udp(PEER, LOCAL).vlan(9).build(), 18 + 20),
-        ("ipv6", Frame::udp("[2001:db8::2]:5000", "[2001:db8::1]:30030").build(), 14 + 40),
+        (
+            "ipv4+options",
+            Frame::udp(PEER, LOCAL).options(2).build(),
+            14 + 28,
+        ),
+        (
+            "ipv4+vlan",
+            Frame::udp(PEER, LOCAL).vlan(9).build(),
+            18 + 20,
+        ),
+        (
+            "ipv6",
+            Frame::udp("[2001:db8::2]:5000", "[2001:db8::1]:30030").build(),
+            14 + 40,
+        ),
     ];
     for (name, full, l4) in cases {
         let headers = l4 + 8;
@@ -535,7 +638,10 @@ fn truncated_frames_of_every_length() {
                     data_in: Some(f),
                     ..TestRunOptions::new()
                 });
-                assert!(r.is_err(), "{name} len {len}: kernel must refuse a runt frame");
+                assert!(
+                    r.is_err(),
+                    "{name} len {len}: kernel must refuse a runt frame"
+                );
                 continue;
             }
             let what = format!("{name} truncated to {len}");
@@ -569,7 +675,10 @@ fn tc_egress_marks_what_the_host_sends_from_a_pinhole() {
     let before = h.counters();
     let (rc, out) = h.tc(&f);
     assert_eq!(rc, 0, "TC_ACT_OK: egress never drops");
-    assert_eq!(h.counters().get(Counter::EgressMarked) - before.get(Counter::EgressMarked), 1);
+    assert_eq!(
+        h.counters().get(Counter::EgressMarked) - before.get(Counter::EgressMarked),
+        1
+    );
     check_ipv4_dscp(&out, 14, 34, 1);
     assert_eq!(out[34..], f[34..]);
     let info = h.dp.pinhole(sa(LOCAL)).unwrap().unwrap();
@@ -628,5 +737,10 @@ fn full_table_is_an_error_not_an_eviction() {
     assert!(matches!(err, Some(DataplaneError::TableFull(_))), "{err:?}");
     // The first pinhole is still there: nothing was evicted.
     let first = Frame::udp(PEER, "10.9.0.1:30000").build();
-    h.expect(&first, XDP_PASS, Counter::Passed, "first pinhole survives a full table");
+    h.expect(
+        &first,
+        XDP_PASS,
+        Counter::Passed,
+        "first pinhole survives a full table",
+    );
 }

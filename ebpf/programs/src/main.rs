@@ -78,7 +78,10 @@ fn count(c: Counter) {
 fn port_range() -> (u16, u16) {
     match CONFIG.get(0) {
         Some(c) => (c.port_min, c.port_max),
-        None => (rtpedge_common::DEFAULT_PORT_MIN, rtpedge_common::DEFAULT_PORT_MAX),
+        None => (
+            rtpedge_common::DEFAULT_PORT_MIN,
+            rtpedge_common::DEFAULT_PORT_MAX,
+        ),
     }
 }
 
@@ -266,8 +269,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     let pkt_len = ctx.data_end() - ctx.data();
     let l3_end = off + IPV6_HLEN + payload_len;
     let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-    if l3_end > pkt_len || l4 + UDP_HLEN > l3_end || udp_len < UDP_HLEN || l4 + udp_len > l3_end
-    {
+    if l3_end > pkt_len || l4 + UDP_HLEN > l3_end || udp_len < UDP_HLEN || l4 + udp_len > l3_end {
         return Parsed::Drop(Counter::Malformed);
     }
     let mut src = [0u8; 16];

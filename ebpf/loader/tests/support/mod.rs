@@ -13,7 +13,9 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: needs root (BPF_PROG_TEST_RUN) and CI must run as root");
     }
-    eprintln!("\n*** SKIPPED {test}: needs root (BPF_PROG_TEST_RUN); run `sudo scripts/test` ***\n");
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root (BPF_PROG_TEST_RUN); run `sudo scripts/test` ***\n"
+    );
     false
 }
 
