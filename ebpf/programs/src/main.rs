@@ -294,11 +294,11 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
         _pad: 0,
     };
     // SAFETY: the value is only read; the daemon replaces entries atomically.
-    let Some(ph) = (unsafe { PINHOLES.get(&key) }) else {
+    let Some(ph) = (unsafe { PINHOLES.get(key) }) else {
         count(Counter::NoPinhole);
         return xdp_action::XDP_DROP;
     };
-    let stats = PINHOLE_STATS.get_ptr_mut(&key);
+    let stats = PINHOLE_STATS.get_ptr_mut(key);
     if ph.state != state::OPEN {
         if let Some(s) = stats {
             // SAFETY: per-CPU value.
@@ -320,23 +320,23 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
         count(Counter::WrongSource);
         return xdp_action::XDP_DROP;
     }
-    if ph.rate_limited() {
-        if let Some(s) = stats {
-            // SAFETY: per-CPU value, so the bucket state is only touched by this CPU.
-            let admitted = unsafe {
-                token_bucket_admit(
-                    &mut (*s).tokens,
-                    &mut (*s).tokens_at_ns,
-                    ph.rate_pps,
-                    ph.burst,
-                    now,
-                )
-            };
-            if !admitted {
-                unsafe { (*s).dropped_rate_limited += 1 };
-                count(Counter::RateLimited);
-                return xdp_action::XDP_DROP;
-            }
+    if ph.rate_limited()
+        && let Some(s) = stats
+    {
+        // SAFETY: per-CPU value, so the bucket state is only touched by this CPU.
+        let admitted = unsafe {
+            token_bucket_admit(
+                &mut (*s).tokens,
+                &mut (*s).tokens_at_ns,
+                ph.rate_pps,
+                ph.burst,
+                now,
+            )
+        };
+        if !admitted {
+            unsafe { (*s).dropped_rate_limited += 1 };
+            count(Counter::RateLimited);
+            return xdp_action::XDP_DROP;
         }
     }
     if ph.dscp != DSCP_NONE {
@@ -372,7 +372,7 @@ fn learn(key: &PinholeKey, ph: &Pinhole, m: &Media, now: u64) -> bool {
         _pad: [0; 6],
         learned_at_ns: now,
     };
-    if LEARNED.insert(key, &latched, BPF_NOEXIST as u64).is_ok() {
+    if LEARNED.insert(key, latched, BPF_NOEXIST as u64).is_ok() {
         count(Counter::Learned);
         return true;
     }
@@ -464,13 +464,13 @@ fn try_tc_egress(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: read-only access to a map value.
-    let Some(ph) = (unsafe { PINHOLES.get(&key) }) else {
+    let Some(ph) = (unsafe { PINHOLES.get(key) }) else {
         return Ok(());
     };
     if ph.state != state::OPEN {
         return Ok(());
     }
-    if let Some(s) = PINHOLE_STATS.get_ptr_mut(&key) {
+    if let Some(s) = PINHOLE_STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value.
         unsafe {
             (*s).tx_packets += 1;
