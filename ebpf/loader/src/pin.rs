@@ -161,10 +161,11 @@ fn parent_of(pid: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// If this process runs under `ip netns exec` (a private mount namespace whose fresh /sys
-/// carries no bpffs), joins the mount namespace of the nearest ancestor process that is outside
-/// it (the shell that ran `ip netns exec`), so that pins are shared with the host and survive
-/// the process. The network namespace is kept. Must be called while the process is
+/// If this process runs in a private mount namespace without a bpffs on /sys/fs/bpf (as under
+/// `ip netns exec`, which mounts a fresh /sys; or `unshare -m` after an unmount), joins the mount
+/// namespace of the nearest ancestor process that is outside it (the shell that ran the
+/// command), so that pins are shared with that namespace and survive the process. A private
+/// mount namespace that has its own bpffs is left alone. The network namespace is kept. Must be called while the process is
 /// single-threaded (first thing in `main`). Returns whether it switched.
 pub fn escape_ip_netns_exec_mount_namespace() -> Result<bool, DataplaneError> {
     if is_bpffs(Path::new(BPF_FS)) {

@@ -13,7 +13,11 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: needs root (BPF_PROG_TEST_RUN) and CI must run as root");
     }
-    eprintln!(
+    // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip must
+    // be visible.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "\n*** SKIPPED {test}: needs root (BPF_PROG_TEST_RUN); run `sudo scripts/test` ***\n"
     );
     false
