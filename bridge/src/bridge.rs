@@ -1,0 +1,534 @@
+//! The owner's handle on the bridge: provisions legs (binds their sockets from the port pool),
+//! sets remotes and DSCP, splices and unsplices, reports statistics and events. It runs on the
+//! owner's threads (the control path); the packet path is entirely in the workers.
+//!
+//! The legs of a splice must live on one worker (so that forwarding between them needs no lock
+//! and no cross-thread state): `provision` can place a leg near another, and `splice` moves legs
+//! onto the first leg's worker when needed (their packets wait in the socket buffers meanwhile).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::Receiver;
+use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+
+use crate::{
+    core::{BridgeEvent, CoreError, LegOptions, LegStats},
+    pool::{PoolError, PortPool},
+    types::{LegId, RemoteSpec, SpliceId, SpliceMode},
+    worker::{self, Command, LegSockets, WorkerHandle},
+};
+
+/// Bridge configuration.
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// Local addresses legs can be bound on (IPv4 and/or IPv6); the first of a family is that
+    /// family's default.
+    pub addresses: Vec<IpAddr>,
+    /// Media port range (inclusive); RTP ports are the even ones.
+    pub port_min: u16,
+    /// Last port of the range.
+    pub port_max: u16,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+    /// How long a released port pair rests before it is handed out again.
+    pub quarantine: Duration,
+    /// Default media timeout of spliced legs (0: none).
+    pub media_timeout: Duration,
+    /// Datagrams per recvmmsg/sendmmsg batch.
+    pub batch: usize,
+    /// Default RTP clock rate for jitter (8000 for narrowband audio).
+    pub clock_rate: u32,
+    /// SO_RCVBUF / SO_SNDBUF of leg sockets (0: system default).
+    pub socket_buffer: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            port_min: 30000,
+            port_max: 40000,
+            workers: 0,
+            quarantine: Duration::from_secs(10),
+            media_timeout: Duration::from_secs(30),
+            batch: 32,
+            clock_rate: 8000,
+            socket_buffer: 1 << 20,
+        }
+    }
+}
+
+/// Errors of the bridge API.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// No port pair is free.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The requested local address is not configured.
+    #[error("local address {0} is not configured for media")]
+    NoSuchAddress(IpAddr),
+    /// No address of the requested family is configured.
+    #[error("no {0} media address configured")]
+    NoAddressOfFamily(&'static str),
+    /// Binding failed for every candidate port.
+    #[error("cannot bind a media port on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: IpAddr,
+        /// Last bind error.
+        source: std::io::Error,
+    },
+    /// A leg or splice operation was refused.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// No such leg.
+    #[error("no such leg: {0}")]
+    NoSuchLeg(LegId),
+    /// No such splice.
+    #[error("no such splice: {0}")]
+    NoSuchSplice(SpliceId),
+    /// A worker thread is gone (bug or shutdown).
+    #[error("bridge worker unavailable")]
+    WorkerGone,
+    /// Socket option or other I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was done.
+        context: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Invalid configuration.
+    #[error("invalid bridge configuration: {0}")]
+    Config(String),
+}
+
+/// What to provision.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LegRequest {
+    /// Local address to bind (default: the first configured IPv4 address, else IPv6).
+    pub address: Option<IpAddr>,
+    /// Want an IPv6 leg (when `address` is not given).
+    pub ipv6: bool,
+    /// One port for RTP and RTCP (RFC 5761).
+    pub rtcp_mux: bool,
+    /// The leg carries SRTP (validated leniently; relayed end to end).
+    pub srtp: bool,
+    /// Place the leg on the same worker as this one (the other leg of its call).
+    pub near: Option<LegId>,
+}
+
+/// A provisioned leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegInfo {
+    /// Its id.
+    pub id: LegId,
+    /// Local RTP address (and RTCP with rtcp-mux).
+    pub rtp: SocketAddr,
+    /// Local RTCP address (RTP port + 1), unless rtcp-mux.
+    pub rtcp: Option<SocketAddr>,
+}
+
+struct LegEntry {
+    worker: usize,
+    sockets: Arc<LegSockets>,
+    info: LegInfo,
+}
+
+struct Control {
+    pools: HashMap<IpAddr, PortPool>,
+    legs: HashMap<LegId, LegEntry>,
+    splices: HashMap<SpliceId, usize>,
+    load: Vec<usize>,
+    next_leg: u64,
+    next_splice: u64,
+}
+
+/// The running bridge.
+pub struct Bridge {
+    control: Mutex<Control>,
+    workers: Vec<WorkerHandle>,
+    events: Receiver<BridgeEvent>,
+    addresses: Vec<IpAddr>,
+    epoch: Instant,
+    cfg: BridgeConfig,
+}
+
+impl Bridge {
+    /// Starts the workers.
+    pub fn start(cfg: BridgeConfig) -> Result<Self, BridgeError> {
+        if cfg.addresses.is_empty() {
+            return Err(BridgeError::Config("no media address".into()));
+        }
+        let mut pools = HashMap::new();
+        for &a in &cfg.addresses {
+            pools.insert(
+                a,
+                PortPool::new(cfg.port_min, cfg.port_max, cfg.quarantine)?,
+            );
+        }
+        let n = if cfg.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.workers
+        };
+        let epoch = Instant::now();
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let workers = (0..n)
+            .map(|i| {
+                worker::spawn(
+                    i,
+                    cfg.batch.max(1),
+                    cfg.clock_rate,
+                    epoch,
+                    events_tx.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| BridgeError::Io {
+                context: "starting workers",
+                source,
+            })?;
+        Ok(Self {
+            control: Mutex::new(Control {
+                pools,
+                legs: HashMap::new(),
+                splices: HashMap::new(),
+                load: vec![0; n],
+                next_leg: 1,
+                next_splice: 1,
+            }),
+            workers,
+            events,
+            addresses: cfg.addresses.clone(),
+            epoch,
+            cfg,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn call<T>(
+        &self,
+        worker: usize,
+        make: impl FnOnce(crossbeam_channel::Sender<Result<T, CoreError>>) -> Command,
+    ) -> Result<T, BridgeError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let w = self.workers.get(worker).ok_or(BridgeError::WorkerGone)?;
+        if !w.send(make(tx)) {
+            return Err(BridgeError::WorkerGone);
+        }
+        Ok(rx.recv().map_err(|_| BridgeError::WorkerGone)??)
+    }
+
+    /// Events from the workers (first packet, latched, media timeout, errors).
+    pub fn events(&self) -> &Receiver<BridgeEvent> {
+        &self.events
+    }
+
+    /// Number of worker threads.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn bind_pair(&self, ip: IpAddr, port: u16, rtcp_mux: bool) -> std::io::Result<LegSockets> {
+        let bind = |port: u16| -> std::io::Result<UdpSocket> {
+            let s = RawSocket::new(
+                Domain::for_address(SocketAddr::new(ip, port)),
+                Type::DGRAM,
+                Some(Protocol::UDP),
+            )?;
+            if ip.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            if self.cfg.socket_buffer > 0 {
+                let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
+                let _ = s.set_send_buffer_size(self.cfg.socket_buffer);
+            }
+            s.set_nonblocking(true)?;
+            s.bind(&SocketAddr::new(ip, port).into())?;
+            Ok(s.into())
+        };
+        let rtp = bind(port)?;
+        let rtcp = if rtcp_mux {
+            None
+        } else {
+            Some(bind(port + 1)?)
+        };
+        Ok(LegSockets { rtp, rtcp })
+    }
+
+    /// Provisions a leg: binds its ports and hands it to a worker. Media arriving before the
+    /// leg is spliced is dropped and counted.
+    pub fn provision(&self, req: LegRequest) -> Result<LegInfo, BridgeError> {
+        let ip = match req.address {
+            Some(a) if self.addresses.contains(&a) => a,
+            Some(a) => return Err(BridgeError::NoSuchAddress(a)),
+            None => *self
+                .addresses
+                .iter()
+                .find(|a| a.is_ipv6() == req.ipv6)
+                .ok_or(BridgeError::NoAddressOfFamily(if req.ipv6 {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                }))?,
+        };
+        let now = self.now_ns();
+        let mut c = self.control();
+        // A port another process holds is skipped (and rests in quarantine); try a few.
+        let mut last_err = None;
+        let mut bound = None;
+        for _ in 0..16 {
+            let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
+            let port = pool.allocate(now)?;
+            match self.bind_pair(ip, port, req.rtcp_mux) {
+                Ok(s) => {
+                    bound = Some((port, s));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, port, error = %e, "media port busy, skipping");
+                    pool.release(port, now);
+                    last_err = Some(e);
+                }
+            }
+        }
+        let Some((port, sockets)) = bound else {
+            return Err(BridgeError::Bind {
+                addr: ip,
+                source: last_err.unwrap_or_else(|| std::io::Error::other("no port bound")),
+            });
+        };
+        let worker = match req.near.and_then(|n| c.legs.get(&n)) {
+            Some(e) => e.worker,
+            None => c
+                .load
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, l)| **l)
+                .map_or(0, |(i, _)| i),
+        };
+        let id = LegId(c.next_leg);
+        c.next_leg += 1;
+        let info = LegInfo {
+            id,
+            rtp: SocketAddr::new(ip, port),
+            rtcp: (!req.rtcp_mux).then(|| SocketAddr::new(ip, port + 1)),
+        };
+        let sockets = Arc::new(sockets);
+        let opts = LegOptions {
+            rtcp_mux: req.rtcp_mux,
+            srtp: req.srtp,
+            media_timeout: self.cfg.media_timeout,
+        };
+        let s2 = Arc::clone(&sockets);
+        self.call(worker, |reply| Command::AddLeg {
+            id,
+            sockets: s2,
+            opts,
+            reply,
+        })?;
+        c.load[worker] += 1;
+        c.legs.insert(
+            id,
+            LegEntry {
+                worker,
+                sockets,
+                info,
+            },
+        );
+        Ok(info)
+    }
+
+    fn worker_of(&self, leg: LegId) -> Result<usize, BridgeError> {
+        self.control()
+            .legs
+            .get(&leg)
+            .map(|e| e.worker)
+            .ok_or(BridgeError::NoSuchLeg(leg))
+    }
+
+    /// Sets (or, on re-INVITE, replaces) a leg's remote.
+    pub fn set_remote(&self, leg: LegId, spec: RemoteSpec) -> Result<(), BridgeError> {
+        let w = self.worker_of(leg)?;
+        self.call(w, |reply| Command::SetRemote {
+            id: leg,
+            spec,
+            reply,
+        })
+    }
+
+    /// Sets a leg's media timeout (0: none).
+    pub fn set_media_timeout(&self, leg: LegId, timeout: Duration) -> Result<(), BridgeError> {
+        let w = self.worker_of(leg)?;
+        self.call(w, |reply| Command::SetMediaTimeout {
+            id: leg,
+            timeout,
+            reply,
+        })
+    }
+
+    /// Marks the leg's outgoing packets with a DSCP (IP_TOS / IPV6_TCLASS), or clears it.
+    /// Takes effect on the next packet, spliced or not.
+    pub fn set_dscp(&self, leg: LegId, dscp: Option<u8>) -> Result<(), BridgeError> {
+        if dscp.is_some_and(|d| d > 63) {
+            return Err(BridgeError::Config(format!(
+                "DSCP {dscp:?} out of range 0..=63"
+            )));
+        }
+        let c = self.control();
+        let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        let tos = dscp.map_or(0, |d| (d as u32) << 2);
+        let v6 = e.info.rtp.is_ipv6();
+        for s in std::iter::once(&e.sockets.rtp).chain(e.sockets.rtcp.as_ref()) {
+            let sock = socket2::SockRef::from(s);
+            let r = if v6 {
+                sock.set_tclass_v6(tos)
+            } else {
+                sock.set_tos_v4(tos)
+            };
+            r.map_err(|source| BridgeError::Io {
+                context: "setting DSCP",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Splices legs (two: a call; more: one-to-many; half duplex: push-to-talk). Takes effect
+    /// on the next packet.
+    pub fn splice(&self, legs: &[LegId], mode: SpliceMode) -> Result<SpliceId, BridgeError> {
+        let mut c = self.control();
+        let first = *legs.first().ok_or(CoreError::TooFewLegs)?;
+        let home = c
+            .legs
+            .get(&first)
+            .ok_or(BridgeError::NoSuchLeg(first))?
+            .worker;
+        for &leg in legs {
+            let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+            if e.worker == home {
+                continue;
+            }
+            let from = e.worker;
+            let (detached, sockets) =
+                self.call(from, |reply| Command::Detach { id: leg, reply })?;
+            self.call(home, |reply| Command::Attach {
+                leg: detached,
+                sockets,
+                reply,
+            })?;
+            if let Some(e) = c.legs.get_mut(&leg) {
+                e.worker = home;
+            }
+            c.load[from] = c.load[from].saturating_sub(1);
+            c.load[home] += 1;
+        }
+        let id = SpliceId(c.next_splice);
+        c.next_splice += 1;
+        let legs = legs.to_vec();
+        self.call(home, |reply| Command::Splice {
+            id,
+            legs,
+            mode,
+            reply,
+        })?;
+        c.splices.insert(id, home);
+        Ok(id)
+    }
+
+    /// Dissolves a splice; its legs stay provisioned and can be spliced again.
+    pub fn unsplice(&self, splice: SpliceId) -> Result<Vec<LegId>, BridgeError> {
+        let mut c = self.control();
+        let w = *c
+            .splices
+            .get(&splice)
+            .ok_or(BridgeError::NoSuchSplice(splice))?;
+        let legs = self.call(w, |reply| Command::Unsplice { id: splice, reply })?;
+        c.splices.remove(&splice);
+        Ok(legs)
+    }
+
+    /// Grants the floor of a half-duplex splice to a leg, or frees it.
+    pub fn grant_floor(&self, splice: SpliceId, leg: Option<LegId>) -> Result<(), BridgeError> {
+        let w = *self
+            .control()
+            .splices
+            .get(&splice)
+            .ok_or(BridgeError::NoSuchSplice(splice))?;
+        self.call(w, |reply| Command::GrantFloor {
+            id: splice,
+            leg,
+            reply,
+        })
+    }
+
+    /// Who holds the floor of a half-duplex splice.
+    pub fn floor_holder(&self, splice: SpliceId) -> Result<Option<LegId>, BridgeError> {
+        let w = *self
+            .control()
+            .splices
+            .get(&splice)
+            .ok_or(BridgeError::NoSuchSplice(splice))?;
+        self.call(w, |reply| Command::FloorHolder { id: splice, reply })
+    }
+
+    /// Releases a leg: closes its sockets (unsplicing it first) and returns its ports to the
+    /// pool, which hands them out again only after the quarantine.
+    pub fn release(&self, leg: LegId) -> Result<(), BridgeError> {
+        let mut c = self.control();
+        let e = c.legs.remove(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        let r = self.call(e.worker, |reply| Command::RemoveLeg { id: leg, reply });
+        c.load[e.worker] = c.load[e.worker].saturating_sub(1);
+        if let Ok(Some(dissolved)) = &r {
+            c.splices.remove(dissolved);
+        }
+        drop(e.sockets);
+        let now = self.now_ns();
+        if let Some(p) = c.pools.get_mut(&e.info.rtp.ip()) {
+            p.release(e.info.rtp.port(), now);
+        }
+        r.map(|_| ())
+    }
+
+    /// Statistics of a leg.
+    pub fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
+        let w = self.worker_of(leg)?;
+        self.call(w, |reply| Command::Stats { id: leg, reply })
+    }
+
+    /// Local addresses of a leg.
+    pub fn leg_info(&self, leg: LegId) -> Result<LegInfo, BridgeError> {
+        self.control()
+            .legs
+            .get(&leg)
+            .map(|e| e.info)
+            .ok_or(BridgeError::NoSuchLeg(leg))
+    }
+
+    /// Legs currently provisioned.
+    pub fn leg_count(&self) -> usize {
+        self.control().legs.len()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.shutdown();
+        }
+    }
+}
