@@ -1,0 +1,7 @@
+//! rtpedge's control plane: the session engine and its front ends.
+//!
+//! - [`ng`]: rtpengine's ng control protocol (bencode over UDP), wire-compatible so that
+//!   Kamailio's and OpenSIPS' rtpengine modules drive rtpedge unchanged; also a client.
+//! - [`sdp`]: SDP parsing and the byte-exact rewriting that offer/answer need.
+pub mod ng;
+pub mod sdp;

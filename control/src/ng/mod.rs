@@ -1,0 +1,1 @@
+//! ng protocol (being written).
