@@ -73,7 +73,7 @@ enum PinholeCmd {
         /// IP:PORT (exact), IP (address), IP or * (learning: restrict to IP, or any).
         #[arg(long)]
         remote: String,
-        /// exact, address or learning.
+        /// exact, address, learning or any (the bridge latches; for media handover).
         #[arg(long)]
         policy: String,
         /// DSCP to mark passing and sent packets with (0-63).

@@ -83,6 +83,10 @@ pub mod policy {
     /// If the pinhole's remote address is set (not unspecified), only sources from that address
     /// can be learned.
     pub const LEARNING: u8 = 2;
+    /// Any source passes; the userspace bridge does the latching. Only for legs whose remote
+    /// may legitimately move (signalled media handover): the bridge's handover probation must
+    /// see packets from the new source. An older program treats this value as unknown: deny.
+    pub const ANY: u8 = 3;
 }
 
 /// Pinhole state values for [`Pinhole::state`].

@@ -71,6 +71,7 @@ pub fn check_source(ph: &Pinhole, src_addr: &[u8; 16], src_port: u16) -> SourceV
             }
         }
         policy::LEARNING => SourceVerdict::Learn,
+        policy::ANY => SourceVerdict::Allowed,
         _ => SourceVerdict::Denied,
     }
 }
@@ -229,6 +230,13 @@ mod tests {
     fn unknown_policy_denies() {
         let ph = pinhole(7, A, 4000);
         assert_eq!(check_source(&ph, &A, 4000), SourceVerdict::Denied);
+    }
+
+    #[test]
+    fn any_policy_admits_every_source() {
+        let ph = pinhole(policy::ANY, [0; 16], 0);
+        assert_eq!(check_source(&ph, &A, 1), SourceVerdict::Allowed);
+        assert_eq!(check_source(&ph, &B, 65535), SourceVerdict::Allowed);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub enum RemotePolicy {
         /// How long after opening a source may be learned.
         window: Option<Duration>,
     },
+    /// Any source: the userspace bridge latches (legs with signalled media handover).
+    Any,
 }
 
 impl RemotePolicy {
@@ -106,6 +108,7 @@ impl RemotePolicy {
             RemotePolicy::Exact(_) => "exact",
             RemotePolicy::Address(_) => "address",
             RemotePolicy::Learning { .. } => "learning",
+            RemotePolicy::Any => "any",
         }
     }
 }
@@ -200,7 +203,7 @@ impl PinholeInfo {
             RemotePolicy::Exact(a) => a.to_string(),
             RemotePolicy::Address(ip) => ip.to_string(),
             RemotePolicy::Learning { from: Some(ip), .. } => ip.to_string(),
-            RemotePolicy::Learning { from: None, .. } => "*".to_string(),
+            RemotePolicy::Learning { from: None, .. } | RemotePolicy::Any => "*".to_string(),
         }
     }
 }
@@ -360,6 +363,7 @@ pub fn pinhole_value(
             };
             (addr, 0, policy::LEARNING, deadline)
         }
+        RemotePolicy::Any => ([0; 16], 0, policy::ANY, 0),
     };
     Ok(Pinhole {
         remote_addr,
@@ -381,6 +385,7 @@ pub fn policy_of(ph: &Pinhole, now_ns: u64) -> RemotePolicy {
     match ph.policy {
         policy::EXACT => RemotePolicy::Exact(SocketAddr::new(ip, ph.remote_port)),
         policy::ADDRESS => RemotePolicy::Address(ip),
+        policy::ANY => RemotePolicy::Any,
         _ => RemotePolicy::Learning {
             from: (!logic::addr_is_unspecified(&ph.remote_addr)).then_some(ip),
             window: (ph.learn_deadline_ns != 0)
@@ -449,8 +454,9 @@ pub fn parse_remote(
             };
             Ok(RemotePolicy::Learning { from, window })
         }
+        "any" => Ok(RemotePolicy::Any),
         other => Err(DataplaneError::Invalid(format!(
-            "policy {other:?}: expected exact, address or learning"
+            "policy {other:?}: expected exact, address, learning or any"
         ))),
     }
 }

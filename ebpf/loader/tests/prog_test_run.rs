@@ -238,6 +238,23 @@ fn address_policy_accepts_any_port_from_the_address() {
 }
 
 #[test]
+fn any_policy_leaves_latching_to_the_bridge() {
+    if !require_root("any_policy_leaves_latching_to_the_bridge") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.open(LOCAL, RemotePolicy::Any);
+    for src in ["10.0.0.2:4000", "203.0.113.9:1", "10.0.0.2:4002"] {
+        let f = Frame::udp(src, LOCAL).build();
+        h.expect(&f, XDP_PASS, Counter::Passed, src);
+    }
+    assert_eq!(h.dp.learned_source(sa(LOCAL)).unwrap(), None, "nothing latched in the kernel");
+    h.dp.close_pinhole(sa(LOCAL)).unwrap();
+    let f = Frame::udp(PEER, LOCAL).build();
+    h.expect(&f, XDP_DROP, Counter::Closed, "closed still closes");
+}
+
+#[test]
 fn learning_latches_the_first_source_then_locks() {
     if !require_root("learning_latches_the_first_source_then_locks") {
         return;
