@@ -3,5 +3,7 @@
 //! - [`ng`]: rtpengine's ng control protocol (bencode over UDP), wire-compatible so that
 //!   Kamailio's and OpenSIPS' rtpengine modules drive rtpedge unchanged; also a client.
 //! - [`sdp`]: SDP parsing and the byte-exact rewriting that offer/answer need.
+//! - [`engine`]: the sans-IO session engine (calls, legs, pinholes, timers, CDRs).
+pub mod engine;
 pub mod ng;
 pub mod sdp;

@@ -1,0 +1,218 @@
+//! The media plane as the engine sees it: provisioning legs, setting remotes and DSCP,
+//! splicing, statistics. The real implementation is the bridge; tests use [`FakeMedia`], which
+//! keeps the same state in memory and records every operation.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use rtpedge_bridge::{
+    Bridge, BridgeError, LegCounters, LegId, LegInfo, LegRequest, LegStats, RemoteSpec, SpliceId,
+    SpliceMode,
+};
+
+/// Operations the engine needs from the bridge.
+pub trait MediaPlane {
+    /// Binds a new leg.
+    fn provision(&mut self, req: LegRequest) -> Result<LegInfo, BridgeError>;
+    /// Sets or replaces a leg's remote.
+    fn set_remote(&mut self, leg: LegId, spec: RemoteSpec) -> Result<(), BridgeError>;
+    /// Marks a leg's outgoing media.
+    fn set_dscp(&mut self, leg: LegId, dscp: Option<u8>) -> Result<(), BridgeError>;
+    /// Sets a leg's media timeout.
+    fn set_media_timeout(&mut self, leg: LegId, timeout: Duration) -> Result<(), BridgeError>;
+    /// Splices legs.
+    fn splice(&mut self, legs: &[LegId], mode: SpliceMode) -> Result<SpliceId, BridgeError>;
+    /// Dissolves a splice.
+    fn unsplice(&mut self, splice: SpliceId) -> Result<(), BridgeError>;
+    /// Releases a leg (ports go to quarantine).
+    fn release(&mut self, leg: LegId) -> Result<(), BridgeError>;
+    /// A leg's statistics.
+    fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError>;
+}
+
+impl MediaPlane for Arc<Bridge> {
+    fn provision(&mut self, req: LegRequest) -> Result<LegInfo, BridgeError> {
+        Bridge::provision(self, req)
+    }
+    fn set_remote(&mut self, leg: LegId, spec: RemoteSpec) -> Result<(), BridgeError> {
+        Bridge::set_remote(self, leg, spec)
+    }
+    fn set_dscp(&mut self, leg: LegId, dscp: Option<u8>) -> Result<(), BridgeError> {
+        Bridge::set_dscp(self, leg, dscp)
+    }
+    fn set_media_timeout(&mut self, leg: LegId, timeout: Duration) -> Result<(), BridgeError> {
+        Bridge::set_media_timeout(self, leg, timeout)
+    }
+    fn splice(&mut self, legs: &[LegId], mode: SpliceMode) -> Result<SpliceId, BridgeError> {
+        Bridge::splice(self, legs, mode)
+    }
+    fn unsplice(&mut self, splice: SpliceId) -> Result<(), BridgeError> {
+        Bridge::unsplice(self, splice).map(|_| ())
+    }
+    fn release(&mut self, leg: LegId) -> Result<(), BridgeError> {
+        Bridge::release(self, leg)
+    }
+    fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
+        Bridge::stats(self, leg)
+    }
+}
+
+/// State of a leg in [`FakeMedia`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeLeg {
+    /// Addresses.
+    pub info: LegInfo,
+    /// Remote, once set.
+    pub remote: Option<RemoteSpec>,
+    /// DSCP.
+    pub dscp: Option<u8>,
+    /// Media timeout.
+    pub media_timeout: Option<Duration>,
+    /// Splice.
+    pub splice: Option<SpliceId>,
+    /// Counters the test wants the engine to see.
+    pub counters: LegCounters,
+    /// Time since the last packet, as the test wants the engine to see it.
+    pub idle: Option<Duration>,
+}
+
+/// An in-memory media plane.
+#[derive(Debug)]
+pub struct FakeMedia {
+    /// Address legs are "bound" on.
+    pub address: IpAddr,
+    next_port: u16,
+    next_id: u64,
+    next_splice: u64,
+    /// Legs by id.
+    pub legs: BTreeMap<LegId, FakeLeg>,
+    /// Splices with their legs.
+    pub splices: BTreeMap<SpliceId, Vec<LegId>>,
+    /// Released legs, in order.
+    pub released: Vec<LegId>,
+    /// Make the next `provision` fail (to test error paths).
+    pub fail_provision: bool,
+}
+
+impl FakeMedia {
+    /// A fake binding legs on `address` from port 30000 up.
+    pub fn new(address: IpAddr) -> Self {
+        Self {
+            address,
+            next_port: 30000,
+            next_id: 1,
+            next_splice: 1,
+            legs: BTreeMap::new(),
+            splices: BTreeMap::new(),
+            released: Vec::new(),
+            fail_provision: false,
+        }
+    }
+
+    fn leg_mut(&mut self, leg: LegId) -> Result<&mut FakeLeg, BridgeError> {
+        self.legs.get_mut(&leg).ok_or(BridgeError::NoSuchLeg(leg))
+    }
+
+    /// The leg bound on `local` (RTP address).
+    pub fn leg_at(&self, local: SocketAddr) -> Option<&FakeLeg> {
+        self.legs.values().find(|l| l.info.rtp == local)
+    }
+}
+
+impl MediaPlane for FakeMedia {
+    fn provision(&mut self, req: LegRequest) -> Result<LegInfo, BridgeError> {
+        if std::mem::take(&mut self.fail_provision) {
+            return Err(BridgeError::Pool(
+                rtpedge_bridge::pool::PoolError::NoFreePorts {
+                    in_use: self.legs.len(),
+                    quarantined: 0,
+                },
+            ));
+        }
+        let port = self.next_port;
+        self.next_port += 2;
+        let id = LegId(self.next_id);
+        self.next_id += 1;
+        let ip = req.address.unwrap_or(self.address);
+        let info = LegInfo {
+            id,
+            rtp: SocketAddr::new(ip, port),
+            rtcp: (!req.rtcp_mux).then(|| SocketAddr::new(ip, port + 1)),
+        };
+        self.legs.insert(
+            id,
+            FakeLeg {
+                info,
+                remote: None,
+                dscp: None,
+                media_timeout: None,
+                splice: None,
+                counters: LegCounters::default(),
+                idle: None,
+            },
+        );
+        Ok(info)
+    }
+    fn set_remote(&mut self, leg: LegId, spec: RemoteSpec) -> Result<(), BridgeError> {
+        self.leg_mut(leg)?.remote = Some(spec);
+        Ok(())
+    }
+    fn set_dscp(&mut self, leg: LegId, dscp: Option<u8>) -> Result<(), BridgeError> {
+        self.leg_mut(leg)?.dscp = dscp;
+        Ok(())
+    }
+    fn set_media_timeout(&mut self, leg: LegId, timeout: Duration) -> Result<(), BridgeError> {
+        self.leg_mut(leg)?.media_timeout = Some(timeout);
+        Ok(())
+    }
+    fn splice(&mut self, legs: &[LegId], _mode: SpliceMode) -> Result<SpliceId, BridgeError> {
+        let id = SpliceId(self.next_splice);
+        self.next_splice += 1;
+        for &l in legs {
+            self.leg_mut(l)?.splice = Some(id);
+        }
+        self.splices.insert(id, legs.to_vec());
+        Ok(id)
+    }
+    fn unsplice(&mut self, splice: SpliceId) -> Result<(), BridgeError> {
+        let legs = self
+            .splices
+            .remove(&splice)
+            .ok_or(BridgeError::NoSuchSplice(splice))?;
+        for l in legs {
+            if let Some(leg) = self.legs.get_mut(&l) {
+                leg.splice = None;
+            }
+        }
+        Ok(())
+    }
+    fn release(&mut self, leg: LegId) -> Result<(), BridgeError> {
+        let l = self.legs.remove(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        if let Some(s) = l.splice {
+            self.splices.remove(&s);
+        }
+        self.released.push(leg);
+        Ok(())
+    }
+    fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
+        let l = self.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        Ok(LegStats {
+            leg,
+            policy: l.remote.map(|r| r.policy),
+            remote: l.remote.and_then(|r| r.rtp),
+            splice: l.splice,
+            counters: l.counters,
+            ssrc: None,
+            rtp_packets: l.counters.packets_in,
+            rtp_expected: l.counters.packets_in,
+            rtp_lost: 0,
+            rtp_reordered: 0,
+            jitter: Duration::ZERO,
+            idle: l.idle,
+        })
+    }
+}

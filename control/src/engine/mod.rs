@@ -1,0 +1,956 @@
+//! The session engine: calls, their sides (tags), media sections, legs and pinholes, as a plain
+//! state machine. Signaling (`offer`, `answer`, `delete`, `query`), media events from the bridge
+//! and timer expiries come in with the current time; replies come back from the calls, CDRs
+//! come out through [`Engine::poll_event`], and the next timer through
+//! [`Engine::poll_timeout`]. It owns no socket, thread or clock; it drives the bridge and the
+//! XDP data plane through the [`MediaPlane`] and [`Dataplane`] traits, so tests run it against
+//! in-memory fakes in virtual time.
+//!
+//! A call has two sides: A, the original offerer (its from-tag), and B, the answerer (its
+//! to-tag). Every media section is a *pair* of legs: the leg facing A receives A's media and
+//! sends B's to A; the leg facing B the reverse. An offer advertises the leg facing the other
+//! side; an answer the leg facing the offerer. Media flows (pinholes open, legs spliced) from the
+//! answer until the call ends; at the end pinholes close and legs are unspliced at once, and
+//! legs are released after the delete delay (so retransmitted requests and late queries still
+//! find the call, and late packets hit a closed pinhole rather than a reused port).
+
+pub mod media;
+pub mod policy;
+pub mod types;
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use rtpedge_bridge::{BridgeError, BridgeEvent, LegId, LegInfo, LegRequest, SpliceId, SpliceMode};
+use rtpedge_dataplane::{Dataplane, DataplaneError, Dscp, PinholeSpec};
+
+pub use self::media::{FakeMedia, MediaPlane};
+use self::policy::{dscp_for, enforcement};
+pub use self::types::*;
+
+/// Engine configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A call offered and never answered ends after this (`offer-timeout`).
+    pub offer_timeout: Duration,
+    /// A call with no media in either direction for this long ends (`media-timeout`).
+    pub media_timeout: Duration,
+    /// The same for calls on hold (`silent-timeout`).
+    pub silent_timeout: Duration,
+    /// Maximum call duration from answer (`final-timeout`); None: unlimited.
+    pub final_timeout: Option<Duration>,
+    /// How long an ended call's legs and pinholes are kept before release.
+    pub delete_delay: Duration,
+    /// How long after signaling a NAT'ed remote may be learned.
+    pub learn_window: Duration,
+    /// DSCP of audio (EF by default).
+    pub dscp_audio: Option<u8>,
+    /// DSCP of video (AF41 by default).
+    pub dscp_video: Option<u8>,
+    /// New calls are refused (`load limit`) beyond this many.
+    pub max_calls: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            offer_timeout: Duration::from_secs(120),
+            media_timeout: Duration::from_secs(60),
+            silent_timeout: Duration::from_secs(3600),
+            final_timeout: None,
+            delete_delay: Duration::from_secs(30),
+            learn_window: Duration::from_secs(3),
+            dscp_audio: Some(46),
+            dscp_video: Some(34),
+            max_calls: 100_000,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No such call.
+    #[error("Unknown call-id")]
+    UnknownCall,
+    /// The tag belongs to neither side of the call.
+    #[error("Unknown tag {0:?}")]
+    UnknownTag(String),
+    /// The call has ended (it is kept for the delete delay).
+    #[error("call has ended")]
+    CallEnded,
+    /// Configured limits reached.
+    #[error("load limit reached")]
+    LoadLimit,
+    /// The request is inconsistent with the call.
+    #[error("{0}")]
+    Invalid(String),
+    /// The bridge refused.
+    #[error("media: {0}")]
+    Media(#[from] BridgeError),
+    /// The data plane refused.
+    #[error("data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// Something the engine's owner must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A call was answered: write its CDR row now (completed at the end).
+    CdrOpened(Cdr),
+    /// A call ended: complete its CDR row.
+    CdrClosed(Cdr),
+}
+
+/// One side's leg of a media pair.
+#[derive(Clone, Debug)]
+struct Side {
+    leg: LegInfo,
+    /// What this side signalled (its SDP).
+    remote: Option<MediaDesc>,
+    /// Pinholes exist (open or closed) for this leg.
+    pinholes: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Pair {
+    kind: String,
+    protocol: String,
+    /// `sides[0]` faces A, `sides[1]` faces B.
+    sides: [Side; 2],
+    splice: Option<SpliceId>,
+    disabled: bool,
+    dscp: Option<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Offered,
+    Answered,
+    Ended,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    id: String,
+    tags: [Option<String>; 2],
+    created: Timestamp,
+    last_signal: Timestamp,
+    answered: Option<Timestamp>,
+    ended: Option<(Timestamp, EndReason)>,
+    release_at: Option<Instant>,
+    state: State,
+    pairs: Vec<Pair>,
+    flags: [Flags; 2],
+    account: Option<String>,
+    tos: Option<u8>,
+    /// Report frozen at the end (what `delete` and later `query` return).
+    final_report: Option<CallReport>,
+}
+
+impl Call {
+    fn side_of(&self, tag: &str) -> Option<usize> {
+        self.tags.iter().position(|t| t.as_deref() == Some(tag))
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Offered => "offered",
+            State::Answered => "answered",
+            State::Ended => "ended",
+        }
+    }
+}
+
+/// The session engine.
+pub struct Engine<M: MediaPlane, D: Dataplane> {
+    cfg: EngineConfig,
+    media: M,
+    dp: D,
+    calls: HashMap<String, Call>,
+    legs: HashMap<LegId, String>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    events: VecDeque<EngineEvent>,
+}
+
+impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
+    /// An engine with no calls.
+    pub fn new(cfg: EngineConfig, media: M, dp: D) -> Self {
+        Self {
+            cfg,
+            media,
+            dp,
+            calls: HashMap::new(),
+            legs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The media plane (tests inspect the fake).
+    pub fn media(&self) -> &M {
+        &self.media
+    }
+
+    /// The media plane, mutably (tests set counters on the fake).
+    pub fn media_mut(&mut self) -> &mut M {
+        &mut self.media
+    }
+
+    /// The data plane.
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    /// The data plane, mutably.
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    /// Configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Calls currently known (including ended ones within their delete delay).
+    pub fn call_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.calls.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Calls that have not ended.
+    pub fn active_calls(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.state != State::Ended)
+            .count()
+    }
+
+    /// The next CDR or other event to act on.
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn schedule(&mut self, at: Instant, call: &str) {
+        self.timers.push(Reverse((at, call.to_string())));
+    }
+
+    /// Handles an offer; returns what the rewritten SDP must advertise, per media section.
+    pub fn offer(
+        &mut self,
+        now: Timestamp,
+        req: OfferRequest,
+    ) -> Result<Vec<Advertised>, EngineError> {
+        let new_call = !self.calls.contains_key(&req.call_id);
+        if new_call {
+            if self.active_calls() >= self.cfg.max_calls {
+                return Err(EngineError::LoadLimit);
+            }
+            self.calls.insert(
+                req.call_id.clone(),
+                Call {
+                    id: req.call_id.clone(),
+                    tags: [Some(req.from_tag.clone()), req.to_tag.clone()],
+                    created: now,
+                    last_signal: now,
+                    answered: None,
+                    ended: None,
+                    release_at: None,
+                    state: State::Offered,
+                    pairs: Vec::new(),
+                    flags: [req.flags.clone(), Flags::default()],
+                    account: req.flags.account.clone(),
+                    tos: req.flags.tos,
+                    final_report: None,
+                },
+            );
+            self.schedule(now.mono + self.cfg.offer_timeout, &req.call_id);
+        }
+        let result = self.offer_inner(now, &req);
+        if result.is_err() && new_call {
+            // Nothing of a refused new call may stay behind.
+            self.discard(&req.call_id);
+        }
+        result
+    }
+
+    fn offer_inner(
+        &mut self,
+        now: Timestamp,
+        req: &OfferRequest,
+    ) -> Result<Vec<Advertised>, EngineError> {
+        let call = self
+            .calls
+            .get_mut(&req.call_id)
+            .ok_or(EngineError::UnknownCall)?;
+        if call.state == State::Ended {
+            return Err(EngineError::CallEnded);
+        }
+        let side = match call.side_of(&req.from_tag) {
+            Some(s) => s,
+            None => return Err(EngineError::UnknownTag(req.from_tag.clone())),
+        };
+        let other = 1 - side;
+        if let Some(t) = &req.to_tag {
+            match &call.tags[other] {
+                None => call.tags[other] = Some(t.clone()),
+                Some(known) if known != t => return Err(EngineError::UnknownTag(t.clone())),
+                Some(_) => {}
+            }
+        }
+        call.last_signal = now;
+        call.flags[side] = req.flags.clone();
+        if req.flags.tos.is_some() {
+            call.tos = req.flags.tos;
+        }
+        if req.flags.account.is_some() {
+            call.account = req.flags.account.clone();
+        }
+        let call_id = req.call_id.clone();
+        let mut adverts = Vec::with_capacity(req.media.len());
+        for (i, desc) in req.media.iter().enumerate() {
+            let exists = self.calls.get(&call_id).is_some_and(|c| i < c.pairs.len());
+            if !exists {
+                if desc.is_disabled() {
+                    // A new stream offered disabled: nothing to provision.
+                    adverts.push(Advertised {
+                        rtp: SocketAddr::new(desc.rtp.ip(), 0),
+                        rtcp: None,
+                        rtcp_mux: false,
+                    });
+                    self.push_disabled_pair(&call_id, desc)?;
+                    continue;
+                }
+                self.provision_pair(&call_id, side, desc)?;
+            }
+            adverts.push(self.apply_remote(&call_id, i, side, desc)?);
+        }
+        // Streams the re-offer no longer has are disabled.
+        let n = self.calls.get(&call_id).map_or(0, |c| c.pairs.len());
+        for i in req.media.len()..n {
+            self.disable_pair(&call_id, i);
+        }
+        Ok(adverts)
+    }
+
+    fn push_disabled_pair(&mut self, call_id: &str, desc: &MediaDesc) -> Result<(), EngineError> {
+        // Keep SDP indices aligned: a placeholder pair with unbound legs is not possible, so a
+        // stream that starts disabled gets real legs only if it is enabled later (re-offer).
+        let a = self.media.provision(LegRequest {
+            ipv6: desc.rtp.is_ipv6(),
+            ..Default::default()
+        })?;
+        let b = match self.media.provision(LegRequest {
+            ipv6: desc.rtp.is_ipv6(),
+            near: Some(a.id),
+            ..Default::default()
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = self.media.release(a.id);
+                return Err(e.into());
+            }
+        };
+        let call = self
+            .calls
+            .get_mut(call_id)
+            .ok_or(EngineError::UnknownCall)?;
+        self.legs.insert(a.id, call_id.to_string());
+        self.legs.insert(b.id, call_id.to_string());
+        call.pairs.push(Pair {
+            kind: desc.kind.clone(),
+            protocol: desc.protocol.clone(),
+            sides: [
+                Side {
+                    leg: a,
+                    remote: None,
+                    pinholes: false,
+                },
+                Side {
+                    leg: b,
+                    remote: None,
+                    pinholes: false,
+                },
+            ],
+            splice: None,
+            disabled: true,
+            dscp: None,
+        });
+        Ok(())
+    }
+
+    fn provision_pair(
+        &mut self,
+        call_id: &str,
+        offerer: usize,
+        desc: &MediaDesc,
+    ) -> Result<(), EngineError> {
+        let ipv6 = desc.rtp.is_ipv6();
+        // The offerer's leg may be rtcp-mux (it offered it); the other leg binds RTP and RTCP
+        // ports, since the answerer may decline mux.
+        let first = self.media.provision(LegRequest {
+            ipv6,
+            rtcp_mux: desc.rtcp_mux,
+            srtp: desc.is_srtp(),
+            ..Default::default()
+        })?;
+        let second = match self.media.provision(LegRequest {
+            ipv6,
+            rtcp_mux: false,
+            srtp: desc.is_srtp(),
+            near: Some(first.id),
+            ..Default::default()
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.media.release(first.id);
+                return Err(e.into());
+            }
+        };
+        let (a, b) = if offerer == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let call = self
+            .calls
+            .get_mut(call_id)
+            .ok_or(EngineError::UnknownCall)?;
+        let dscp = dscp_for(
+            &desc.kind,
+            call.tos,
+            self.cfg.dscp_audio,
+            self.cfg.dscp_video,
+        );
+        call.pairs.push(Pair {
+            kind: desc.kind.clone(),
+            protocol: desc.protocol.clone(),
+            sides: [
+                Side {
+                    leg: a,
+                    remote: None,
+                    pinholes: false,
+                },
+                Side {
+                    leg: b,
+                    remote: None,
+                    pinholes: false,
+                },
+            ],
+            splice: None,
+            disabled: false,
+            dscp,
+        });
+        self.legs.insert(a.id, call_id.to_string());
+        self.legs.insert(b.id, call_id.to_string());
+        for leg in [a.id, b.id] {
+            self.media.set_dscp(leg, dscp)?;
+        }
+        Ok(())
+    }
+
+    /// Records what `side` signalled for media `i` and enforces it on the leg facing it.
+    /// Returns what the SDP sent to the other side must advertise: the leg facing it.
+    fn apply_remote(
+        &mut self,
+        call_id: &str,
+        i: usize,
+        side: usize,
+        desc: &MediaDesc,
+    ) -> Result<Advertised, EngineError> {
+        let call = self
+            .calls
+            .get_mut(call_id)
+            .ok_or(EngineError::UnknownCall)?;
+        let flags = call.flags[side].clone();
+        let answered = call.state == State::Answered;
+        let Some(pair) = call.pairs.get_mut(i) else {
+            return Err(EngineError::Invalid(format!(
+                "media section {i} was never offered"
+            )));
+        };
+        let other_leg = pair.sides[1 - side].leg;
+        if desc.is_disabled() {
+            self.disable_pair(call_id, i);
+            return Ok(Advertised {
+                rtp: SocketAddr::new(other_leg.rtp.ip(), 0),
+                rtcp: None,
+                rtcp_mux: false,
+            });
+        }
+        if pair.disabled {
+            pair.disabled = false;
+            pair.kind = desc.kind.clone();
+            pair.protocol = desc.protocol.clone();
+        }
+        let enf = enforcement(desc, &flags, self.cfg.learn_window);
+        let leg = pair.sides[side].leg;
+        pair.sides[side].remote = Some(desc.clone());
+        pair.sides[side].pinholes = true;
+        let hold = pair
+            .sides
+            .iter()
+            .any(|s| s.remote.as_ref().is_some_and(|r| r.direction.is_hold()));
+        let dscp = pair.dscp.map(Dscp::new).transpose()?;
+        self.media.set_remote(leg.id, enf.bridge)?;
+        let timeout = if hold {
+            self.cfg.silent_timeout
+        } else {
+            self.cfg.media_timeout
+        };
+        self.media.set_media_timeout(leg.id, timeout)?;
+        // Pinholes are created closed at the offer and opened by the answer; a re-offer of an
+        // answered call updates them in place, open.
+        for spec in pinhole_specs(&leg, &enf, dscp) {
+            self.dp.open_pinhole(&spec)?;
+            if !answered {
+                self.dp.close_pinhole(spec.local)?;
+            }
+        }
+        Ok(Advertised {
+            rtp: other_leg.rtp,
+            rtcp: other_leg.rtcp,
+            rtcp_mux: desc.rtcp_mux,
+        })
+    }
+
+    /// Handles an answer; returns what the rewritten SDP (to the offerer) must advertise.
+    pub fn answer(
+        &mut self,
+        now: Timestamp,
+        req: AnswerRequest,
+    ) -> Result<Vec<Advertised>, EngineError> {
+        let call = self
+            .calls
+            .get_mut(&req.call_id)
+            .ok_or(EngineError::UnknownCall)?;
+        if call.state == State::Ended {
+            return Err(EngineError::CallEnded);
+        }
+        let answerer = match call.side_of(&req.to_tag) {
+            Some(s) => s,
+            None if call.tags[1].is_none() => {
+                call.tags[1] = Some(req.to_tag.clone());
+                1
+            }
+            None => return Err(EngineError::UnknownTag(req.to_tag.clone())),
+        };
+        if call.side_of(&req.from_tag) != Some(1 - answerer) {
+            return Err(EngineError::UnknownTag(req.from_tag.clone()));
+        }
+        if req.media.len() > call.pairs.len() {
+            return Err(EngineError::Invalid(format!(
+                "answer has {} media sections, the offer had {}",
+                req.media.len(),
+                call.pairs.len()
+            )));
+        }
+        call.last_signal = now;
+        call.flags[answerer] = req.flags.clone();
+        if req.flags.tos.is_some() {
+            call.tos = req.flags.tos;
+        }
+        let first_answer = call.state == State::Offered;
+        if first_answer {
+            call.state = State::Answered;
+            call.answered = Some(now);
+        }
+        let call_id = req.call_id.clone();
+        let offerer = 1 - answerer;
+        let mut adverts = Vec::with_capacity(req.media.len());
+        for (i, desc) in req.media.iter().enumerate() {
+            self.apply_remote(&call_id, i, answerer, desc)?;
+            let advert_for_offerer = {
+                let call = self.calls.get(&call_id).ok_or(EngineError::UnknownCall)?;
+                let pair = &call.pairs[i];
+                let leg = pair.sides[offerer].leg;
+                if pair.disabled {
+                    Advertised {
+                        rtp: SocketAddr::new(leg.rtp.ip(), 0),
+                        rtcp: None,
+                        rtcp_mux: false,
+                    }
+                } else {
+                    Advertised {
+                        rtp: leg.rtp,
+                        rtcp: leg.rtcp,
+                        rtcp_mux: leg.rtcp.is_none(),
+                    }
+                }
+            };
+            adverts.push(advert_for_offerer);
+            self.activate_pair(&call_id, i)?;
+        }
+        if first_answer {
+            if let Some(ft) = self.cfg.final_timeout {
+                self.schedule(now.mono + ft, &call_id);
+            }
+            let cdr = self.cdr_of(&call_id, None);
+            if let Some(cdr) = cdr {
+                self.events.push_back(EngineEvent::CdrOpened(cdr));
+            }
+        }
+        Ok(adverts)
+    }
+
+    /// Splices a pair and opens its pinholes (answered calls, enabled pairs with both remotes).
+    fn activate_pair(&mut self, call_id: &str, i: usize) -> Result<(), EngineError> {
+        let call = self
+            .calls
+            .get_mut(call_id)
+            .ok_or(EngineError::UnknownCall)?;
+        let Some(pair) = call.pairs.get_mut(i) else {
+            return Ok(());
+        };
+        if pair.disabled || pair.sides.iter().any(|s| s.remote.is_none()) {
+            return Ok(());
+        }
+        if pair.splice.is_none() {
+            let legs = [pair.sides[0].leg.id, pair.sides[1].leg.id];
+            pair.splice = Some(self.media.splice(&legs, SpliceMode::Full)?);
+        }
+        let locals: Vec<SocketAddr> = pair
+            .sides
+            .iter()
+            .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
+            .collect();
+        for local in locals {
+            self.reopen_pinhole(local)?;
+        }
+        Ok(())
+    }
+
+    fn reopen_pinhole(&mut self, local: SocketAddr) -> Result<(), EngineError> {
+        let Some(info) = self.dp.pinhole(local)? else {
+            return Ok(());
+        };
+        self.dp.open_pinhole(&PinholeSpec {
+            local,
+            remote: info.policy,
+            dscp: info.dscp,
+            rate: info.rate,
+        })?;
+        Ok(())
+    }
+
+    /// Unsplices a pair and closes its pinholes; its legs stay provisioned (re-offer may
+    /// enable it again).
+    fn disable_pair(&mut self, call_id: &str, i: usize) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(pair) = call.pairs.get_mut(i) else {
+            return;
+        };
+        pair.disabled = true;
+        let splice = pair.splice.take();
+        let locals: Vec<SocketAddr> = pair
+            .sides
+            .iter()
+            .filter(|s| s.pinholes)
+            .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
+            .collect();
+        if let Some(s) = splice
+            && let Err(e) = self.media.unsplice(s)
+        {
+            tracing::warn!(call = call_id, error = %e, "unsplice failed");
+        }
+        for local in locals {
+            if let Err(e) = self.dp.close_pinhole(local) {
+                tracing::warn!(call = call_id, %local, error = %e, "closing pinhole failed");
+            }
+        }
+    }
+
+    /// Ends a call (idempotent): pinholes close and legs unsplice at once, the CDR is emitted,
+    /// and the legs are released after the delete delay. Returns the final report.
+    pub fn end_call(
+        &mut self,
+        now: Timestamp,
+        call_id: &str,
+        reason: EndReason,
+    ) -> Result<CallReport, EngineError> {
+        let call = self.calls.get(call_id).ok_or(EngineError::UnknownCall)?;
+        if call.state == State::Ended {
+            return call.final_report.clone().ok_or(EngineError::CallEnded);
+        }
+        let n = call.pairs.len();
+        // Stop media first: nothing is forwarded once this returns.
+        for i in 0..n {
+            self.disable_pair(call_id, i);
+        }
+        let release_at = now.mono + self.cfg.delete_delay;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.state = State::Ended;
+            call.ended = Some((now, reason));
+            call.release_at = Some(release_at);
+        }
+        // Counters are still readable: pinholes are closed, not removed, until the release.
+        let report = self.report_of(call_id).ok_or(EngineError::UnknownCall)?;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.final_report = Some(report.clone());
+        }
+        if let Some(cdr) = self.cdr_of(call_id, Some(&report)) {
+            self.events.push_back(EngineEvent::CdrClosed(cdr));
+        }
+        self.schedule(release_at, call_id);
+        tracing::info!(call = call_id, %reason, "call ended");
+        Ok(report)
+    }
+
+    /// `delete`: ends the call with reason `delete` and returns its final statistics.
+    pub fn delete(&mut self, now: Timestamp, call_id: &str) -> Result<CallReport, EngineError> {
+        self.end_call(now, call_id, EndReason::Delete)
+    }
+
+    /// `query`: the call's current statistics.
+    pub fn query(&self, call_id: &str) -> Result<CallReport, EngineError> {
+        let call = self.calls.get(call_id).ok_or(EngineError::UnknownCall)?;
+        if let Some(r) = &call.final_report {
+            return Ok(r.clone());
+        }
+        self.report_of(call_id).ok_or(EngineError::UnknownCall)
+    }
+
+    /// A media event from the bridge. A media timeout ends the call when no leg of it has
+    /// received anything for its timeout.
+    pub fn handle_media_event(&mut self, now: Timestamp, event: BridgeEvent) {
+        let BridgeEvent::MediaTimeout { leg, .. } = event else {
+            return;
+        };
+        let Some(call_id) = self.legs.get(&leg).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        if call.state != State::Answered {
+            return;
+        }
+        let mut hold = false;
+        let mut all_silent = true;
+        for pair in call.pairs.iter().filter(|p| !p.disabled) {
+            let pair_hold = pair
+                .sides
+                .iter()
+                .any(|s| s.remote.as_ref().is_some_and(|r| r.direction.is_hold()));
+            hold |= pair_hold;
+            let limit = if pair_hold {
+                self.cfg.silent_timeout
+            } else {
+                self.cfg.media_timeout
+            };
+            for s in &pair.sides {
+                let idle = self.media.stats(s.leg.id).ok().and_then(|st| st.idle);
+                // Never received: silent since the splice, which the bridge measured.
+                if idle.is_some_and(|d| d < limit) {
+                    all_silent = false;
+                }
+            }
+        }
+        if all_silent {
+            let reason = if hold {
+                EndReason::SilentTimeout
+            } else {
+                EndReason::MediaTimeout
+            };
+            let _ = self.end_call(now, &call_id, reason);
+        }
+    }
+
+    /// Timer expiries: offer and final timeouts, releases after the delete delay.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now.mono {
+                break;
+            }
+            let Some(Reverse((_, call_id))) = self.timers.pop() else {
+                break;
+            };
+            let Some(call) = self.calls.get(&call_id) else {
+                continue;
+            };
+            match call.state {
+                State::Offered if call.created.mono + self.cfg.offer_timeout <= now.mono => {
+                    let _ = self.end_call(now, &call_id, EndReason::OfferTimeout);
+                }
+                State::Answered => {
+                    let due = match (call.answered, self.cfg.final_timeout) {
+                        (Some(a), Some(ft)) => a.mono + ft <= now.mono,
+                        _ => false,
+                    };
+                    if due {
+                        let _ = self.end_call(now, &call_id, EndReason::FinalTimeout);
+                    }
+                }
+                State::Ended if call.release_at.is_some_and(|r| r <= now.mono) => {
+                    self.discard(&call_id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Ends every call (SIGTERM) and releases everything at once.
+    pub fn shutdown(&mut self, now: Timestamp) {
+        for id in self.call_ids() {
+            let _ = self.end_call(now, &id, EndReason::Shutdown);
+            self.discard(&id);
+        }
+    }
+
+    /// Releases a call's legs and pinholes and forgets it.
+    fn discard(&mut self, call_id: &str) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
+        for pair in &call.pairs {
+            if let Some(s) = pair.splice {
+                let _ = self.media.unsplice(s);
+            }
+            for s in &pair.sides {
+                for local in std::iter::once(s.leg.rtp).chain(s.leg.rtcp) {
+                    if s.pinholes
+                        && let Err(e) = self.dp.remove_pinhole(local)
+                    {
+                        tracing::debug!(call = call_id, %local, error = %e, "removing pinhole");
+                    }
+                }
+                self.legs.remove(&s.leg.id);
+                if let Err(e) = self.media.release(s.leg.id) {
+                    tracing::warn!(call = call_id, leg = %s.leg.id, error = %e, "release failed");
+                }
+            }
+        }
+    }
+
+    fn stream_report(&self, side: &Side) -> StreamReport {
+        let mut r = StreamReport {
+            local: Some(side.leg.rtp),
+            advertised: side.remote.as_ref().map(|d| d.rtp),
+            ..StreamReport::default()
+        };
+        if let Ok(st) = self.media.stats(side.leg.id) {
+            r.endpoint = st.remote.or(r.advertised);
+            r.packets = st.counters.packets_in;
+            r.bytes = st.counters.bytes_in;
+            r.rtcp_packets = st.counters.rtcp_in;
+            r.errors = st.counters.dropped_invalid
+                + st.counters.dropped_wrong_source
+                + st.counters.dropped_not_spliced
+                + st.counters.dropped_no_remote;
+            r.lost = st.rtp_lost;
+            r.jitter = st.jitter;
+        }
+        for local in std::iter::once(side.leg.rtp).chain(side.leg.rtcp) {
+            if let Ok(Some(p)) = self.dp.pinhole(local) {
+                r.dropped_xdp += p.counters.dropped();
+            }
+        }
+        r.errors += r.dropped_xdp;
+        r
+    }
+
+    fn report_of(&self, call_id: &str) -> Option<CallReport> {
+        let call = self.calls.get(call_id)?;
+        Some(CallReport {
+            call_id: call.id.clone(),
+            a_tag: call.tags[0].clone().unwrap_or_default(),
+            b_tag: call.tags[1].clone(),
+            created_ms: call.created.unix_ms,
+            last_signal_ms: call.last_signal.unix_ms,
+            answered_ms: call.answered.map(|t| t.unix_ms),
+            state: call.state_name(),
+            media: call
+                .pairs
+                .iter()
+                .enumerate()
+                .map(|(index, p)| MediaReport {
+                    index,
+                    kind: p.kind.clone(),
+                    protocol: p.protocol.clone(),
+                    from_a: self.stream_report(&p.sides[0]),
+                    from_b: self.stream_report(&p.sides[1]),
+                })
+                .collect(),
+        })
+    }
+
+    fn cdr_of(&self, call_id: &str, report: Option<&CallReport>) -> Option<Cdr> {
+        let call = self.calls.get(call_id)?;
+        let mut cdr = Cdr {
+            call_id: call.id.clone(),
+            from_tag: call.tags[0].clone().unwrap_or_default(),
+            to_tag: call.tags[1].clone(),
+            account: call.account.clone(),
+            offer_at: call.created.unix_ms,
+            answer_at: call.answered.map(|t| t.unix_ms),
+            end_at: call.ended.map(|(t, _)| t.unix_ms),
+            end_reason: call.ended.map(|(_, r)| r),
+            duration_ms: 0,
+            packets_ab: 0,
+            bytes_ab: 0,
+            packets_ba: 0,
+            bytes_ba: 0,
+            lost_ab: 0,
+            lost_ba: 0,
+            jitter_ab_us: 0,
+            jitter_ba_us: 0,
+            dscp: call.pairs.iter().find_map(|p| p.dscp),
+            dropped_xdp: 0,
+        };
+        if let (Some(a), Some((e, _))) = (call.answered, call.ended) {
+            cdr.duration_ms = (e.unix_ms - a.unix_ms).max(0);
+        }
+        if let Some(r) = report {
+            for m in &r.media {
+                cdr.packets_ab += m.from_a.packets;
+                cdr.bytes_ab += m.from_a.bytes;
+                cdr.lost_ab += m.from_a.lost;
+                cdr.jitter_ab_us = cdr.jitter_ab_us.max(m.from_a.jitter.as_micros() as u64);
+                cdr.packets_ba += m.from_b.packets;
+                cdr.bytes_ba += m.from_b.bytes;
+                cdr.lost_ba += m.from_b.lost;
+                cdr.jitter_ba_us = cdr.jitter_ba_us.max(m.from_b.jitter.as_micros() as u64);
+                cdr.dropped_xdp += m.from_a.dropped_xdp + m.from_b.dropped_xdp;
+            }
+        }
+        Some(cdr)
+    }
+}
+
+/// The XDP pinholes of a leg: its RTP port and, unless rtcp-mux, its RTCP port.
+fn pinhole_specs(
+    leg: &LegInfo,
+    enf: &policy::RemoteEnforcement,
+    dscp: Option<Dscp>,
+) -> Vec<PinholeSpec> {
+    let mut v = vec![PinholeSpec {
+        local: leg.rtp,
+        remote: enf.rtp_pinhole,
+        dscp,
+        rate: None,
+    }];
+    if let Some(rtcp) = leg.rtcp {
+        v.push(PinholeSpec {
+            local: rtcp,
+            remote: enf.rtcp_pinhole,
+            dscp,
+            rate: None,
+        });
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests;

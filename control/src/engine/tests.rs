@@ -1,0 +1,593 @@
+//! Engine tests in virtual time, against the in-memory media plane and data plane. Packets are
+//! "delivered" through the fake data plane, which decides them with the kernel program's logic,
+//! so these tests check what media would pass, not just what state the engine keeps.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use rtpedge_dataplane::{Counter, Dataplane, FakeDataplane, PinholeState, Verdict};
+
+use super::*;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const CALLER: &str = "192.0.2.10:4000";
+const CALLEE: &str = "198.51.100.20:5000";
+const EDGE: &str = "203.0.113.1";
+
+struct T {
+    e: Engine<FakeMedia, FakeDataplane>,
+    now: Timestamp,
+}
+
+fn audio(rtp: &str) -> MediaDesc {
+    MediaDesc {
+        kind: "audio".into(),
+        protocol: "RTP/AVP".into(),
+        rtp: sa(rtp),
+        rtcp: None,
+        rtcp_mux: false,
+        direction: Direction::SendRecv,
+    }
+}
+
+impl T {
+    fn new() -> Self {
+        Self::with(EngineConfig::default())
+    }
+
+    fn with(cfg: EngineConfig) -> Self {
+        let start = Timestamp {
+            mono: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        };
+        T {
+            e: Engine::new(
+                cfg,
+                FakeMedia::new(EDGE.parse().unwrap()),
+                FakeDataplane::new(),
+            ),
+            now: start,
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now.plus(d);
+        self.e.dataplane_mut().advance(d);
+    }
+
+    fn offer(
+        &mut self,
+        call: &str,
+        from: &str,
+        media: Vec<MediaDesc>,
+        flags: Flags,
+    ) -> Vec<Advertised> {
+        self.e
+            .offer(
+                self.now,
+                OfferRequest {
+                    call_id: call.into(),
+                    from_tag: from.into(),
+                    to_tag: None,
+                    media,
+                    flags,
+                },
+            )
+            .expect("offer")
+    }
+
+    fn answer(
+        &mut self,
+        call: &str,
+        from: &str,
+        to: &str,
+        media: Vec<MediaDesc>,
+    ) -> Vec<Advertised> {
+        self.e
+            .answer(
+                self.now,
+                AnswerRequest {
+                    call_id: call.into(),
+                    from_tag: from.into(),
+                    to_tag: to.into(),
+                    media,
+                    flags: Flags::default(),
+                },
+            )
+            .expect("answer")
+    }
+
+    /// A basic call: caller offers audio, callee answers. Returns (leg facing caller, leg facing
+    /// callee) RTP addresses.
+    fn call(&mut self, id: &str) -> (SocketAddr, SocketAddr) {
+        let o = self.offer(id, "ftag", vec![audio(CALLER)], Flags::default());
+        let a = self.answer(id, "ftag", "ttag", vec![audio(CALLEE)]);
+        (a[0].rtp, o[0].rtp)
+    }
+
+    fn deliver(&mut self, from: &str, to: SocketAddr) -> Verdict {
+        self.e.dataplane_mut().deliver(sa(from), to, 214)
+    }
+
+    fn events(&mut self) -> Vec<EngineEvent> {
+        std::iter::from_fn(|| self.e.poll_event()).collect()
+    }
+}
+
+#[test]
+fn offer_provisions_and_advertises_the_leg_facing_the_answerer() {
+    let mut t = T::new();
+    let o = t.offer("c1", "ftag", vec![audio(CALLER)], Flags::default());
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].rtp.ip().to_string(), EDGE);
+    assert_eq!(
+        o[0].rtcp,
+        Some(SocketAddr::new(o[0].rtp.ip(), o[0].rtp.port() + 1))
+    );
+    assert_eq!(
+        t.e.media().legs.len(),
+        2,
+        "both legs provisioned at the offer"
+    );
+    // The leg facing the caller knows the caller; its pinhole exists but is closed.
+    let caller_leg =
+        t.e.media()
+            .legs
+            .values()
+            .find(|l| l.info.rtp != o[0].rtp)
+            .unwrap()
+            .clone();
+    assert_eq!(caller_leg.remote.unwrap().rtp, Some(sa(CALLER)));
+    let ph =
+        t.e.dataplane()
+            .pinhole(caller_leg.info.rtp)
+            .unwrap()
+            .unwrap();
+    assert_eq!(ph.state, PinholeState::Closed);
+    assert_eq!(
+        t.deliver(CALLER, caller_leg.info.rtp),
+        Verdict::Drop(Counter::Closed)
+    );
+    // Nothing is spliced before the answer.
+    assert!(t.e.media().splices.is_empty());
+}
+
+#[test]
+fn answer_splices_opens_pinholes_with_dscp_and_opens_a_cdr() {
+    let mut t = T::new();
+    let (a_leg, b_leg) = t.call("c1");
+    assert_ne!(a_leg, b_leg);
+    assert_eq!(t.e.media().splices.len(), 1);
+    assert_eq!(t.deliver(CALLER, a_leg), Verdict::Pass(Dscp::new(46).ok()));
+    assert_eq!(t.deliver(CALLEE, b_leg), Verdict::Pass(Dscp::new(46).ok()));
+    for l in t.e.media().legs.values() {
+        assert_eq!(l.dscp, Some(46), "outgoing media marked EF");
+    }
+    let ev = t.events();
+    assert_eq!(ev.len(), 1);
+    let EngineEvent::CdrOpened(cdr) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(cdr.call_id, "c1");
+    assert_eq!(cdr.to_tag.as_deref(), Some("ttag"));
+    assert_eq!(cdr.end_at, None);
+}
+
+#[test]
+fn media_from_a_third_address_never_passes_with_default_flags() {
+    let mut t = T::new();
+    let (a_leg, _) = t.call("c1");
+    // NAT'ed caller (default flags): learning; the first source is latched.
+    assert!(matches!(t.deliver(CALLER, a_leg), Verdict::Pass(_)));
+    for attacker in ["192.0.2.10:4002", "192.0.2.66:4000", "198.51.100.20:5000"] {
+        assert_eq!(
+            t.deliver(attacker, a_leg),
+            Verdict::Drop(Counter::WrongSource),
+            "{attacker}"
+        );
+    }
+    // The bridge got the same strict policy.
+    let leg = t.e.media().leg_at(a_leg).unwrap();
+    assert_eq!(leg.remote.unwrap().handover, None);
+}
+
+#[test]
+fn trusted_addresses_get_exact_pinholes() {
+    let mut t = T::new();
+    let flags = Flags {
+        received_from: Some("192.0.2.10".parse().unwrap()),
+        ..Flags::default()
+    };
+    t.offer("c1", "ftag", vec![audio(CALLER)], flags);
+    let a = t.answer("c1", "ftag", "ttag", vec![audio(CALLEE)]);
+    let ph = t.e.dataplane().pinhole(a[0].rtp).unwrap().unwrap();
+    assert_eq!(
+        ph.policy,
+        rtpedge_dataplane::RemotePolicy::Exact(sa(CALLER))
+    );
+    assert_eq!(
+        t.deliver("192.0.2.10:4999", a[0].rtp),
+        Verdict::Drop(Counter::WrongSource)
+    );
+    let rtcp =
+        t.e.dataplane()
+            .pinhole(a[0].rtcp.unwrap())
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        rtcp.policy,
+        rtpedge_dataplane::RemotePolicy::Exact(sa("192.0.2.10:4001"))
+    );
+}
+
+#[test]
+fn delete_stops_media_at_once_writes_one_cdr_and_releases_later() {
+    let mut t = T::new();
+    let (a_leg, b_leg) = t.call("c1");
+    t.events();
+    if let Some(l) =
+        t.e.media_mut()
+            .legs
+            .values_mut()
+            .find(|l| l.info.rtp == a_leg)
+    {
+        l.counters.packets_in = 500;
+        l.counters.bytes_in = 86_000;
+    }
+    // Genuine media latches the learning pinhole; an injector is then dropped (counted in
+    // the CDR).
+    assert!(matches!(t.deliver(CALLER, a_leg), Verdict::Pass(_)));
+    assert_eq!(t.deliver("192.0.2.66:1", a_leg), Verdict::Drop(Counter::WrongSource));
+    t.advance(Duration::from_secs(90));
+    let report = t.e.delete(t.now, "c1").unwrap();
+    assert_eq!(report.state, "ended");
+    assert_eq!(report.media[0].from_a.packets, 500);
+    // No packet passes once delete returned.
+    assert_eq!(t.deliver(CALLER, a_leg), Verdict::Drop(Counter::Closed));
+    assert_eq!(t.deliver(CALLEE, b_leg), Verdict::Drop(Counter::Closed));
+    assert!(t.e.media().splices.is_empty());
+    let ev = t.events();
+    assert_eq!(ev.len(), 1);
+    let EngineEvent::CdrClosed(cdr) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(cdr.end_reason, Some(EndReason::Delete));
+    assert_eq!(cdr.duration_ms, 90_000);
+    assert_eq!((cdr.packets_ab, cdr.bytes_ab), (500, 86_000));
+    assert_eq!(cdr.dropped_xdp, 1);
+    assert_eq!(cdr.dscp, Some(46));
+    // A retransmitted delete is answered the same, without a second CDR.
+    assert_eq!(t.e.delete(t.now, "c1").unwrap(), report);
+    assert!(t.events().is_empty());
+    // Released after the delete delay: legs gone, pinholes gone.
+    assert_eq!(
+        t.e.poll_timeout(),
+        Some(t.now.mono + Duration::from_secs(30))
+    );
+    t.advance(Duration::from_secs(30));
+    t.e.handle_timeout(t.now);
+    assert!(t.e.media().legs.is_empty());
+    assert_eq!(t.e.media().released.len(), 2);
+    assert_eq!(t.deliver(CALLER, a_leg), Verdict::Drop(Counter::NoPinhole));
+    assert!(matches!(t.e.query("c1"), Err(EngineError::UnknownCall)));
+}
+
+#[test]
+fn reinvite_updates_remotes_without_dropping_the_call() {
+    let mut t = T::new();
+    let (a_leg, _) = t.call("c1");
+    let splices = t.e.media().splices.clone();
+    // The caller moves (re-INVITE with a new address): same legs, same splice, pinhole open.
+    let o = t.offer(
+        "c1",
+        "ftag",
+        vec![audio("192.0.2.11:4100")],
+        Flags::default(),
+    );
+    assert_eq!(t.e.media().legs.len(), 2, "no new legs");
+    assert_eq!(t.e.media().splices, splices, "still spliced");
+    let leg = t.e.media().leg_at(a_leg).unwrap();
+    assert_eq!(leg.remote.unwrap().rtp, Some(sa("192.0.2.11:4100")));
+    assert!(matches!(
+        t.deliver("192.0.2.11:4100", a_leg),
+        Verdict::Pass(_)
+    ));
+    // The re-offer's answer comes from the callee again.
+    let a = t.answer("c1", "ftag", "ttag", vec![audio(CALLEE)]);
+    assert_eq!(a[0].rtp, a_leg);
+    assert_ne!(o[0].rtp, a_leg);
+}
+
+#[test]
+fn reinvite_from_the_callee_swaps_roles_by_tag() {
+    let mut t = T::new();
+    let (a_leg, b_leg) = t.call("c1");
+    // Callee's re-INVITE: from-tag is the callee's; the offer advertises the caller-facing leg.
+    let o = t.offer(
+        "c1",
+        "ttag",
+        vec![audio("198.51.100.21:5100")],
+        Flags::default(),
+    );
+    assert_eq!(o[0].rtp, a_leg);
+    assert_eq!(
+        t.e.media().leg_at(b_leg).unwrap().remote.unwrap().rtp,
+        Some(sa("198.51.100.21:5100"))
+    );
+    let a = t.answer("c1", "ttag", "ftag", vec![audio(CALLER)]);
+    assert_eq!(a[0].rtp, b_leg);
+    assert!(
+        t.e.offer(
+            t.now,
+            OfferRequest {
+                call_id: "c1".into(),
+                from_tag: "stranger".into(),
+                to_tag: None,
+                media: vec![audio(CALLER)],
+                flags: Flags::default(),
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn media_sections_added_and_removed_by_reinvite() {
+    let mut t = T::new();
+    t.call("c1");
+    let mut video = audio("192.0.2.10:6000");
+    video.kind = "video".into();
+    let o = t.offer("c1", "ftag", vec![audio(CALLER), video], Flags::default());
+    assert_eq!(o.len(), 2);
+    assert_eq!(t.e.media().legs.len(), 4);
+    let mut vans = audio("198.51.100.20:7000");
+    vans.kind = "video".into();
+    let a = t.answer("c1", "ftag", "ttag", vec![audio(CALLEE), vans]);
+    assert_eq!(t.e.media().splices.len(), 2);
+    assert!(
+        matches!(t.deliver("192.0.2.10:6000", a[1].rtp), Verdict::Pass(Some(d)) if d.value() == 34)
+    );
+    // Video removed again (port 0 in the next offer).
+    let mut off = audio("192.0.2.10:0");
+    off.kind = "video".into();
+    let o = t.offer("c1", "ftag", vec![audio(CALLER), off], Flags::default());
+    assert_eq!(o[1].rtp.port(), 0);
+    assert_eq!(t.e.media().splices.len(), 1);
+    assert_eq!(
+        t.deliver("192.0.2.10:6000", a[1].rtp),
+        Verdict::Drop(Counter::Closed)
+    );
+}
+
+#[test]
+fn every_timer_ends_the_call_once_with_its_reason() {
+    // Offer timeout.
+    let mut t = T::new();
+    t.offer("c1", "ftag", vec![audio(CALLER)], Flags::default());
+    t.advance(Duration::from_secs(119));
+    t.e.handle_timeout(t.now);
+    assert!(t.events().is_empty());
+    t.advance(Duration::from_secs(1));
+    t.e.handle_timeout(t.now);
+    let ev = t.events();
+    assert!(
+        matches!(&ev[..], [EngineEvent::CdrClosed(c)] if c.end_reason == Some(EndReason::OfferTimeout) && c.answer_at.is_none())
+    );
+
+    // Final timeout.
+    let mut t = T::with(EngineConfig {
+        final_timeout: Some(Duration::from_secs(3600)),
+        ..EngineConfig::default()
+    });
+    t.call("c2");
+    t.events();
+    t.advance(Duration::from_secs(3600));
+    t.e.handle_timeout(t.now);
+    let ev = t.events();
+    assert!(
+        matches!(&ev[..], [EngineEvent::CdrClosed(c)] if c.end_reason == Some(EndReason::FinalTimeout) && c.duration_ms == 3_600_000)
+    );
+}
+
+#[test]
+fn media_timeout_needs_every_leg_silent() {
+    let mut t = T::new();
+    let (a_leg, b_leg) = t.call("c1");
+    t.events();
+    let ids: Vec<LegId> = t.e.media().legs.keys().copied().collect();
+    // One leg still receives: no end.
+    for l in t.e.media_mut().legs.values_mut() {
+        l.idle = Some(if l.info.rtp == a_leg {
+            Duration::from_secs(61)
+        } else {
+            Duration::from_secs(2)
+        });
+    }
+    t.e.handle_media_event(
+        t.now,
+        BridgeEvent::MediaTimeout {
+            leg: ids[0],
+            idle: None,
+        },
+    );
+    assert!(t.events().is_empty());
+    for l in t.e.media_mut().legs.values_mut() {
+        l.idle = Some(Duration::from_secs(61));
+    }
+    t.e.handle_media_event(
+        t.now,
+        BridgeEvent::MediaTimeout {
+            leg: ids[1],
+            idle: None,
+        },
+    );
+    let ev = t.events();
+    assert!(
+        matches!(&ev[..], [EngineEvent::CdrClosed(c)] if c.end_reason == Some(EndReason::MediaTimeout))
+    );
+    assert_eq!(t.deliver(CALLEE, b_leg), Verdict::Drop(Counter::Closed));
+}
+
+#[test]
+fn hold_uses_the_silent_timeout() {
+    let mut t = T::new();
+    let (a_leg, _) = t.call("c1");
+    let mut hold = audio(CALLER);
+    hold.direction = Direction::SendOnly;
+    t.offer("c1", "ftag", vec![hold], Flags::default());
+    assert_eq!(
+        t.e.media().leg_at(a_leg).unwrap().media_timeout,
+        Some(Duration::from_secs(3600))
+    );
+    let ids: Vec<LegId> = t.e.media().legs.keys().copied().collect();
+    for l in t.e.media_mut().legs.values_mut() {
+        l.idle = Some(Duration::from_secs(61));
+    }
+    t.events();
+    t.e.handle_media_event(
+        t.now,
+        BridgeEvent::MediaTimeout {
+            leg: ids[0],
+            idle: None,
+        },
+    );
+    assert!(t.events().is_empty(), "61 s of silence is fine on hold");
+    for l in t.e.media_mut().legs.values_mut() {
+        l.idle = Some(Duration::from_secs(3601));
+    }
+    t.e.handle_media_event(
+        t.now,
+        BridgeEvent::MediaTimeout {
+            leg: ids[0],
+            idle: None,
+        },
+    );
+    assert!(
+        matches!(&t.events()[..], [EngineEvent::CdrClosed(c)] if c.end_reason == Some(EndReason::SilentTimeout))
+    );
+}
+
+#[test]
+fn refused_requests_leave_nothing_behind() {
+    let mut t = T::new();
+    t.e.media_mut().fail_provision = true;
+    let r = t.e.offer(
+        t.now,
+        OfferRequest {
+            call_id: "c1".into(),
+            from_tag: "ftag".into(),
+            to_tag: None,
+            media: vec![audio(CALLER)],
+            flags: Flags::default(),
+        },
+    );
+    assert!(matches!(r, Err(EngineError::Media(_))));
+    assert!(t.e.call_ids().is_empty());
+    assert!(t.e.media().legs.is_empty());
+    assert!(t.e.dataplane().pinholes().unwrap().is_empty());
+    // Answer for an unknown call, delete of an unknown call, answer with a foreign tag.
+    assert!(matches!(
+        t.e.answer(
+            t.now,
+            AnswerRequest {
+                call_id: "nope".into(),
+                from_tag: "f".into(),
+                to_tag: "t".into(),
+                media: vec![],
+                flags: Flags::default(),
+            }
+        ),
+        Err(EngineError::UnknownCall)
+    ));
+    assert!(matches!(
+        t.e.delete(t.now, "nope"),
+        Err(EngineError::UnknownCall)
+    ));
+    t.offer("c2", "ftag", vec![audio(CALLER)], Flags::default());
+    assert!(matches!(
+        t.e.answer(
+            t.now,
+            AnswerRequest {
+                call_id: "c2".into(),
+                from_tag: "other".into(),
+                to_tag: "t".into(),
+                media: vec![audio(CALLEE)],
+                flags: Flags::default(),
+            }
+        ),
+        Err(EngineError::UnknownTag(_))
+    ));
+    assert!(matches!(
+        t.e.answer(
+            t.now,
+            AnswerRequest {
+                call_id: "c2".into(),
+                from_tag: "ftag".into(),
+                to_tag: "t".into(),
+                media: vec![audio(CALLEE), audio(CALLEE)],
+                flags: Flags::default(),
+            }
+        ),
+        Err(EngineError::Invalid(_))
+    ));
+}
+
+#[test]
+fn load_limit_refuses_new_calls_only() {
+    let mut t = T::with(EngineConfig {
+        max_calls: 1,
+        ..EngineConfig::default()
+    });
+    t.call("c1");
+    let r = t.e.offer(
+        t.now,
+        OfferRequest {
+            call_id: "c2".into(),
+            from_tag: "f".into(),
+            to_tag: None,
+            media: vec![audio(CALLER)],
+            flags: Flags::default(),
+        },
+    );
+    assert!(matches!(r, Err(EngineError::LoadLimit)));
+    // Re-offers of existing calls still work.
+    t.offer("c1", "ftag", vec![audio(CALLER)], Flags::default());
+}
+
+#[test]
+fn tos_overrides_the_default_class_and_handover_opens_any_source() {
+    let mut t = T::new();
+    let flags = Flags {
+        tos: Some(34 << 2),
+        media_handover: true,
+        ..Flags::default()
+    };
+    t.offer("c1", "ftag", vec![audio(CALLER)], flags);
+    let a = t.answer("c1", "ftag", "ttag", vec![audio(CALLEE)]);
+    assert!(
+        matches!(t.deliver("192.0.2.99:7", a[0].rtp), Verdict::Pass(Some(d)) if d.value() == 34)
+    );
+    let leg = t.e.media().leg_at(a[0].rtp).unwrap();
+    assert_eq!(leg.remote.unwrap().handover, Some(policy::HANDOVER_PACKETS));
+}
+
+#[test]
+fn shutdown_ends_every_call_with_a_cdr() {
+    let mut t = T::new();
+    t.call("c1");
+    t.offer("c2", "f2", vec![audio(CALLER)], Flags::default());
+    t.events();
+    t.e.shutdown(t.now);
+    let ev = t.events();
+    assert_eq!(ev.len(), 2);
+    assert!(ev.iter().all(
+        |e| matches!(e, EngineEvent::CdrClosed(c) if c.end_reason == Some(EndReason::Shutdown))
+    ));
+    assert!(t.e.media().legs.is_empty());
+    assert!(t.e.call_ids().is_empty());
+}
