@@ -4,6 +4,8 @@
 //!   Kamailio's and OpenSIPS' rtpengine modules drive rtpedge unchanged; also a client.
 //! - [`sdp`]: SDP parsing and the byte-exact rewriting that offer/answer need.
 //! - [`engine`]: the sans-IO session engine (calls, legs, pinholes, timers, CDRs).
+//! - [`store`]: CDR storage (SQLite, PostgreSQL) behind a writer thread.
 pub mod engine;
 pub mod ng;
 pub mod sdp;
+pub mod store;
