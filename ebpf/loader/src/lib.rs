@@ -69,3 +69,46 @@ pub trait Dataplane {
     /// The source a learning pinhole latched, if any.
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError>;
 }
+
+/// A boxed data plane is a data plane: the daemon picks the kernel one or the in-memory one
+/// (`--no-xdp`) at run time.
+impl<T: Dataplane + ?Sized> Dataplane for Box<T> {
+    fn open_pinhole(&mut self, spec: &PinholeSpec) -> Result<(), DataplaneError> {
+        (**self).open_pinhole(spec)
+    }
+    fn close_pinhole(&mut self, local: SocketAddr) -> Result<(), DataplaneError> {
+        (**self).close_pinhole(local)
+    }
+    fn remove_pinhole(&mut self, local: SocketAddr) -> Result<(), DataplaneError> {
+        (**self).remove_pinhole(local)
+    }
+    fn set_dscp(&mut self, local: SocketAddr, dscp: Option<Dscp>) -> Result<(), DataplaneError> {
+        (**self).set_dscp(local, dscp)
+    }
+    fn set_rate_limit(
+        &mut self,
+        local: SocketAddr,
+        rate: Option<RateLimit>,
+    ) -> Result<(), DataplaneError> {
+        (**self).set_rate_limit(local, rate)
+    }
+    fn relearn(
+        &mut self,
+        local: SocketAddr,
+        window: Option<Duration>,
+    ) -> Result<(), DataplaneError> {
+        (**self).relearn(local, window)
+    }
+    fn pinhole(&self, local: SocketAddr) -> Result<Option<PinholeInfo>, DataplaneError> {
+        (**self).pinhole(local)
+    }
+    fn pinholes(&self) -> Result<Vec<PinholeInfo>, DataplaneError> {
+        (**self).pinholes()
+    }
+    fn counters(&self) -> Result<GlobalCounters, DataplaneError> {
+        (**self).counters()
+    }
+    fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError> {
+        (**self).learned_source(local)
+    }
+}
