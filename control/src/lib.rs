@@ -5,7 +5,11 @@
 //! - [`sdp`]: SDP parsing and the byte-exact rewriting that offer/answer need.
 //! - [`engine`]: the sans-IO session engine (calls, legs, pinholes, timers, CDRs).
 //! - [`store`]: CDR storage (SQLite, PostgreSQL) behind a writer thread.
+//! - [`ngserver`]: the ng front end (requests → engine → rtpengine-shaped replies).
+//! - [`daemon`]: configuration and the daemon's control loop.
+pub mod daemon;
 pub mod engine;
 pub mod ng;
+pub mod ngserver;
 pub mod sdp;
 pub mod store;

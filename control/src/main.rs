@@ -1,21 +1,29 @@
 //! `rtpedge`: the media edge daemon and its operator commands.
 //!
-//! Today it carries the data-plane operator commands (`rtpedge ebpf ...`, wrapped by
-//! `scripts/ebpf`); the session daemon joins it in its own issue.
+//! `rtpedge [FLAGS]` runs the daemon (embedded defaults: ng on 127.0.0.1:2223, media on
+//! 127.0.0.1, ports 30000-40000, CDRs in ./rtpedge-data/cdr.sqlite). `rtpedge ebpf ...` is the
+//! data-plane operator interface (wrapped by scripts/ebpf).
 
 mod ebpf_cmd;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use rtpedge::daemon::config::{self, FileConfig, FileDscp, FileTimeouts};
 
 #[derive(Parser)]
 #[command(
     name = "rtpedge",
     version,
-    about = "rtpedge: Linux edge data plane for real-time media"
+    about = "rtpedge: Linux edge data plane for real-time media",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 }
 
 #[derive(Subcommand)]
@@ -24,28 +32,122 @@ enum Command {
     Ebpf(ebpf_cmd::EbpfArgs),
 }
 
+/// Daemon flags; each also reads an environment variable, and overrides the config file.
+#[derive(Args)]
+struct DaemonArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "RTPEDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// ng control socket (default 127.0.0.1:2223).
+    #[arg(long, env = "RTPEDGE_NG")]
+    ng: Option<String>,
+    /// Address legs bind and SDP advertises (default 127.0.0.1).
+    #[arg(long, env = "RTPEDGE_MEDIA_ADDRESS")]
+    media_address: Option<String>,
+    /// Address written into SDP instead of --media-address (host behind 1:1 NAT).
+    #[arg(long, env = "RTPEDGE_ADVERTISED_ADDRESS")]
+    advertised_address: Option<String>,
+    /// Media port range LO-HI (default 30000-40000).
+    #[arg(long, env = "RTPEDGE_PORTS")]
+    ports: Option<String>,
+    /// Attach (or re-open) the XDP data plane on this interface.
+    #[arg(long, env = "RTPEDGE_INTERFACE")]
+    interface: Option<String>,
+    /// Run without the XDP data plane (hosts that cannot load eBPF).
+    #[arg(long, env = "RTPEDGE_NO_XDP")]
+    no_xdp: bool,
+    /// XDP mode: auto, native or generic.
+    #[arg(long, env = "RTPEDGE_XDP_MODE")]
+    xdp_mode: Option<String>,
+    /// bpffs pin root of the data plane.
+    #[arg(long, env = "RTPEDGE_PIN_ROOT")]
+    pin_root: Option<String>,
+    /// CDR database: a SQLite path or a postgres:// URL (default rtpedge-data/cdr.sqlite).
+    #[arg(long, env = "RTPEDGE_CDR_DB")]
+    cdr_db: Option<String>,
+    /// Bridge worker threads (0: one per core).
+    #[arg(long, env = "RTPEDGE_WORKERS")]
+    workers: Option<usize>,
+    /// Refuse new calls beyond this many (`load limit`).
+    #[arg(long, env = "RTPEDGE_MAX_CALLS")]
+    max_calls: Option<usize>,
+    /// Media timeout in seconds.
+    #[arg(long, env = "RTPEDGE_MEDIA_TIMEOUT")]
+    media_timeout: Option<u64>,
+    /// Offer timeout in seconds.
+    #[arg(long, env = "RTPEDGE_OFFER_TIMEOUT")]
+    offer_timeout: Option<u64>,
+    /// Maximum call duration in seconds (0: none).
+    #[arg(long, env = "RTPEDGE_FINAL_TIMEOUT")]
+    final_timeout: Option<u64>,
+    /// Seconds an ended call is kept before its ports are released.
+    #[arg(long, env = "RTPEDGE_DELETE_DELAY")]
+    delete_delay: Option<u64>,
+}
+
+impl DaemonArgs {
+    fn overrides(&self) -> FileConfig {
+        FileConfig {
+            ng: self.ng.clone(),
+            media_address: self.media_address.clone(),
+            advertised_address: self.advertised_address.clone(),
+            ports: self.ports.clone(),
+            interface: self.interface.clone(),
+            no_xdp: self.no_xdp.then_some(true),
+            xdp_mode: self.xdp_mode.clone(),
+            pin_root: self.pin_root.clone(),
+            cdr_db: self.cdr_db.clone(),
+            workers: self.workers,
+            max_calls: self.max_calls,
+            timeouts: FileTimeouts {
+                media: self.media_timeout,
+                offer: self.offer_timeout,
+                final_: self.final_timeout,
+                delete_delay: self.delete_delay,
+                ..FileTimeouts::default()
+            },
+            dscp: FileDscp::default(),
+        }
+    }
+}
+
 fn main() {
-    // Before any thread exists: under `ip netns exec`, rejoin the host mount namespace so pins
-    // are shared with the host and outlive this process (see rtpedge_dataplane::pin).
+    // Before any thread exists: under `ip netns exec`, rejoin the invoking mount namespace so
+    // pins are shared with the host and outlive this process (see rtpedge_dataplane::pin).
     let escaped = rtpedge_dataplane::escape_ip_netns_exec_mount_namespace();
+    let cli = Cli::parse();
+    let default_level = if cli.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     match &escaped {
-        Ok(true) => tracing::info!("joined the host mount namespace (ip netns exec detected)"),
+        Ok(true) => tracing::info!("joined the invoking mount namespace (ip netns exec detected)"),
         Ok(false) => {}
         Err(e) => tracing::warn!("{e}"),
     }
-    let cli = Cli::parse();
     let result = match cli.command {
-        Command::Ebpf(args) => ebpf_cmd::run(args),
+        Some(Command::Ebpf(args)) => ebpf_cmd::run(args),
+        None => run_daemon(&cli.daemon),
     };
     if let Err(e) = result {
         eprintln!("rtpedge: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn run_daemon(args: &DaemonArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => config::read_file(p)?,
+        None => FileConfig::default(),
+    };
+    let cfg = config::resolve(file, args.overrides())?;
+    rtpedge::daemon::run(cfg).context("daemon")
 }

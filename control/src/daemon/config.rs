@@ -1,0 +1,299 @@
+//! The daemon's configuration: embedded defaults, overridden by a TOML file (`--config`),
+//! overridden by environment variables and flags. Every value is validated here, with an error
+//! that names the setting, so a bad configuration stops the daemon before it binds anything.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Configuration as the file spells it; every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// ng control socket, `ADDR:PORT`.
+    pub ng: Option<String>,
+    /// Address legs bind and SDP advertises.
+    pub media_address: Option<String>,
+    /// Address written into SDP instead, when the host is behind 1:1 NAT.
+    pub advertised_address: Option<String>,
+    /// Media port range `LO-HI`.
+    pub ports: Option<String>,
+    /// Interface to attach the XDP data plane to.
+    pub interface: Option<String>,
+    /// Run without the XDP data plane.
+    pub no_xdp: Option<bool>,
+    /// XDP mode: auto, native, generic.
+    pub xdp_mode: Option<String>,
+    /// bpffs pin root.
+    pub pin_root: Option<String>,
+    /// CDR database: SQLite path or postgres:// URL.
+    pub cdr_db: Option<String>,
+    /// Bridge worker threads (0: one per core).
+    pub workers: Option<usize>,
+    /// New calls beyond this are refused with `load limit`.
+    pub max_calls: Option<usize>,
+    /// Timeouts in seconds.
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    /// DSCP per media type.
+    #[serde(default)]
+    pub dscp: FileDscp,
+}
+
+/// `[timeouts]` (seconds).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    /// Offered, never answered.
+    pub offer: Option<u64>,
+    /// No media in either direction.
+    pub media: Option<u64>,
+    /// No media while on hold.
+    pub silent: Option<u64>,
+    /// Maximum call duration (0: none). `final` in the file.
+    #[serde(rename = "final")]
+    pub final_: Option<u64>,
+    /// Ended calls are kept this long.
+    pub delete_delay: Option<u64>,
+    /// NAT learning window.
+    pub learn_window: Option<u64>,
+}
+
+/// `[dscp]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDscp {
+    /// Audio (default 46, EF).
+    pub audio: Option<u8>,
+    /// Video (default 34, AF41).
+    pub video: Option<u8>,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// ng control socket.
+    pub ng: SocketAddr,
+    /// Media address (bound by legs).
+    pub media_address: IpAddr,
+    /// Address advertised in SDP.
+    pub advertised_address: Option<IpAddr>,
+    /// Media port range.
+    pub ports: (u16, u16),
+    /// XDP interface.
+    pub interface: Option<String>,
+    /// No XDP at all.
+    pub no_xdp: bool,
+    /// XDP mode.
+    pub xdp_mode: String,
+    /// Pin root.
+    pub pin_root: PathBuf,
+    /// CDR database location.
+    pub cdr_db: String,
+    /// Bridge workers.
+    pub workers: usize,
+    /// Call limit.
+    pub max_calls: usize,
+    /// Offer timeout.
+    pub offer_timeout: Duration,
+    /// Media timeout.
+    pub media_timeout: Duration,
+    /// Silent timeout.
+    pub silent_timeout: Duration,
+    /// Final timeout.
+    pub final_timeout: Option<Duration>,
+    /// Delete delay.
+    pub delete_delay: Duration,
+    /// Learning window.
+    pub learn_window: Duration,
+    /// DSCP of audio.
+    pub dscp_audio: Option<u8>,
+    /// DSCP of video.
+    pub dscp_video: Option<u8>,
+}
+
+/// A configuration error, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    /// Which setting.
+    pub setting: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn bad(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads a TOML file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(&path.display().to_string(), e.to_string()))?;
+    toml::from_str(&text).map_err(|e| bad(&path.display().to_string(), e.to_string()))
+}
+
+/// Merges the layers (later wins) and validates.
+pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError> {
+    let pick = |a: Option<String>, b: Option<String>| b.or(a);
+    let ng = pick(file.ng, over.ng).unwrap_or_else(|| "127.0.0.1:2223".into());
+    let ng: SocketAddr = ng
+        .parse()
+        .map_err(|_| bad("ng", format!("{ng:?} is not ADDR:PORT")))?;
+    let media = pick(file.media_address, over.media_address).unwrap_or_else(|| "127.0.0.1".into());
+    let media_address: IpAddr = media
+        .parse()
+        .map_err(|_| bad("media-address", format!("{media:?} is not an IP address")))?;
+    if media_address.is_unspecified() {
+        return Err(bad(
+            "media-address",
+            "must be a concrete address (it is written into SDP)",
+        ));
+    }
+    let advertised_address = pick(file.advertised_address, over.advertised_address)
+        .map(|a| {
+            a.parse::<IpAddr>()
+                .map_err(|_| bad("advertised-address", format!("{a:?} is not an IP address")))
+        })
+        .transpose()?;
+    let ports_s = pick(file.ports, over.ports).unwrap_or_else(|| "30000-40000".into());
+    let ports =
+        rtpedge_dataplane::parse_port_range(&ports_s).map_err(|e| bad("ports", e.to_string()))?;
+    if ports.1 - ports.0 < 3 {
+        return Err(bad(
+            "ports",
+            "the range must hold at least two RTP/RTCP pairs",
+        ));
+    }
+    let xdp_mode = pick(file.xdp_mode, over.xdp_mode).unwrap_or_else(|| "auto".into());
+    xdp_mode
+        .parse::<rtpedge_dataplane::AttachMode>()
+        .map_err(|e| bad("xdp-mode", e.to_string()))?;
+    let t = |f: Option<u64>, o: Option<u64>, d: u64| Duration::from_secs(o.or(f).unwrap_or(d));
+    let (ft, ot) = (file.timeouts, over.timeouts);
+    let dscp =
+        |name: &str, f: Option<u8>, o: Option<u8>, d: u8| -> Result<Option<u8>, ConfigError> {
+            let v = o.or(f).unwrap_or(d);
+            if v > 63 {
+                return Err(bad(name, format!("{v} is not a DSCP (0-63)")));
+            }
+            Ok(Some(v))
+        };
+    let final_s = ot.final_.or(ft.final_).unwrap_or(0);
+    Ok(Config {
+        ng,
+        media_address,
+        advertised_address,
+        ports,
+        interface: pick(file.interface, over.interface),
+        no_xdp: over.no_xdp.or(file.no_xdp).unwrap_or(false),
+        xdp_mode,
+        pin_root: pick(file.pin_root, over.pin_root)
+            .unwrap_or_else(|| rtpedge_dataplane::DEFAULT_PIN_ROOT.into())
+            .into(),
+        cdr_db: pick(file.cdr_db, over.cdr_db).unwrap_or_else(|| "rtpedge-data/cdr.sqlite".into()),
+        workers: over.workers.or(file.workers).unwrap_or(0),
+        max_calls: over.max_calls.or(file.max_calls).unwrap_or(100_000),
+        offer_timeout: t(ft.offer, ot.offer, 120),
+        media_timeout: t(ft.media, ot.media, 60),
+        silent_timeout: t(ft.silent, ot.silent, 3600),
+        final_timeout: (final_s > 0).then(|| Duration::from_secs(final_s)),
+        delete_delay: t(ft.delete_delay, ot.delete_delay, 30),
+        learn_window: t(ft.learn_window, ot.learn_window, 3),
+        dscp_audio: dscp("dscp.audio", file.dscp.audio, over.dscp.audio, 46)?,
+        dscp_video: dscp("dscp.video", file.dscp.video, over.dscp.video, 34)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_run_on_loopback() {
+        let c = resolve(FileConfig::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.ng, "127.0.0.1:2223".parse().unwrap());
+        assert_eq!(c.media_address, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.ports, (30000, 40000));
+        assert_eq!(c.cdr_db, "rtpedge-data/cdr.sqlite");
+        assert_eq!(c.dscp_audio, Some(46));
+        assert_eq!(c.final_timeout, None);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            "ng = \"127.0.0.1:3000\"\nports = \"20000-20999\"\n[timeouts]\nmedia = 10\nfinal = 7200\n[dscp]\naudio = 40\n",
+        )
+        .unwrap();
+        let over = FileConfig {
+            ports: Some("31000-31999".into()),
+            ..FileConfig::default()
+        };
+        let c = resolve(file, over).unwrap();
+        assert_eq!(c.ng.port(), 3000);
+        assert_eq!(c.ports, (31000, 31999));
+        assert_eq!(c.media_timeout, Duration::from_secs(10));
+        assert_eq!(c.dscp_audio, Some(40));
+        assert_eq!(c.final_timeout, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let cases: [(FileConfig, &str); 5] = [
+            (
+                FileConfig {
+                    ng: Some("nope".into()),
+                    ..Default::default()
+                },
+                "ng",
+            ),
+            (
+                FileConfig {
+                    media_address: Some("0.0.0.0".into()),
+                    ..Default::default()
+                },
+                "media-address",
+            ),
+            (
+                FileConfig {
+                    ports: Some("40000-30000".into()),
+                    ..Default::default()
+                },
+                "ports",
+            ),
+            (
+                FileConfig {
+                    xdp_mode: Some("turbo".into()),
+                    ..Default::default()
+                },
+                "xdp-mode",
+            ),
+            (
+                FileConfig {
+                    dscp: FileDscp {
+                        audio: Some(64),
+                        video: None,
+                    },
+                    ..Default::default()
+                },
+                "dscp.audio",
+            ),
+        ];
+        for (over, setting) in cases {
+            let e = resolve(FileConfig::default(), over).unwrap_err();
+            assert_eq!(e.setting, setting, "{e}");
+        }
+        assert!(
+            toml::from_str::<FileConfig>("bogus = 1").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! The ng front end: turns ng requests into engine calls and engine results into ng replies, in
+//! rtpengine's shapes, so Kamailio's and OpenSIPS' rtpengine modules work unchanged.
+//!
+//! It owns the reply cache (a retransmitted cookie gets the same reply and the command is not
+//! run twice) and the SDP work around the engine: parsing the offer/answer into media
+//! descriptions, and rewriting it with the addresses the engine allocated. It does no I/O: the
+//! daemon hands it a datagram and sends back what it returns.
+
+use std::net::{IpAddr, SocketAddr};
+
+use rtpedge_dataplane::Dataplane;
+
+use crate::{
+    engine::{
+        self, Advertised, AnswerRequest, CallReport, Engine, EngineError, MediaDesc, MediaPlane,
+        OfferRequest, StreamReport, Timestamp,
+    },
+    ng::{
+        self, Ice, Options, ReplyCache, Request, Tos, Value, Warning, Warnings, encode_reply, reply,
+    },
+    sdp::{
+        self, MediaRewrite, Rewrite, RtcpAttributeStyle, RtcpMuxRewrite, RtcpRewrite, VersionChange,
+    },
+};
+
+/// What `delete` answers for a call it does not know (rtpengine's wording).
+const DELETE_NOT_FOUND: &str = "Call-ID not found or tags didn't match";
+
+/// The ng request handler.
+pub struct NgServer {
+    cache: ReplyCache,
+    advertised: Option<IpAddr>,
+}
+
+impl NgServer {
+    /// A handler; `advertised` replaces the legs' address in SDP (host behind 1:1 NAT).
+    pub fn new(advertised: Option<IpAddr>) -> Self {
+        Self {
+            cache: ReplyCache::default(),
+            advertised,
+        }
+    }
+
+    /// Drops cached replies older than the cache's TTL.
+    pub fn expire(&mut self, now: Timestamp) {
+        self.cache.expire(now.mono);
+    }
+
+    /// Handles one request datagram; returns the reply datagram (None: nothing to answer, e.g.
+    /// no cookie).
+    pub fn handle<M: MediaPlane, D: Dataplane>(
+        &mut self,
+        engine: &mut Engine<M, D>,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Timestamp,
+    ) -> Option<Vec<u8>> {
+        if let Ok((cookie, _)) = ng::split_cookie(datagram)
+            && let Some(cached) = self.cache.get(cookie, now.mono)
+        {
+            return Some(cached.to_vec());
+        }
+        let (cookie, bytes) = match ng::parse_request(datagram) {
+            Ok(p) => {
+                let mut warnings = p.warnings;
+                let mut value = self.execute(engine, p.request, &mut warnings, now);
+                reply::add_warning(&mut value, warnings.to_text().as_deref());
+                let bytes = encode_reply(&p.cookie, &value, p.encoding.is_json());
+                (p.cookie, bytes)
+            }
+            Err(e) => {
+                tracing::debug!(%from, reason = %e.reason(), "malformed ng request");
+                let bytes = e.reply()?;
+                (e.cookie?, bytes)
+            }
+        };
+        self.cache.insert(&cookie, bytes.clone(), now.mono);
+        Some(bytes)
+    }
+
+    fn execute<M: MediaPlane, D: Dataplane>(
+        &self,
+        engine: &mut Engine<M, D>,
+        request: Request,
+        warnings: &mut Warnings,
+        now: Timestamp,
+    ) -> Value {
+        match request {
+            Request::Ping => reply::pong(),
+            Request::Offer(o) => {
+                let supports_limit = o.options.supports_load_limit;
+                let result = self.offer(engine, o, warnings, now);
+                into_reply(result, supports_limit)
+            }
+            Request::Answer(a) => {
+                let supports_limit = a.options.supports_load_limit;
+                let result = self.answer(engine, a, warnings, now);
+                into_reply(result, supports_limit)
+            }
+            Request::Delete(d) => match engine.delete(now, &d.call_id) {
+                Ok(report) if d.options.flags.fast => {
+                    reply::ok().with("created", report.created_ms / 1000)
+                }
+                Ok(report) => report_reply(&report),
+                Err(EngineError::UnknownCall) if d.options.flags.fatal => {
+                    reply::error(DELETE_NOT_FOUND)
+                }
+                Err(EngineError::UnknownCall) => reply::ok().with("warning", DELETE_NOT_FOUND),
+                Err(e) => reply::error(&e.to_string()),
+            },
+            Request::Query(q) => match engine.query(&q.call_id) {
+                Ok(report) => report_reply(&report),
+                Err(e) => reply::error(&e.to_string()),
+            },
+            Request::List(l) => {
+                let calls: Vec<Value> = engine
+                    .call_ids()
+                    .into_iter()
+                    .take(l.limit as usize)
+                    .map(Value::from)
+                    .collect();
+                reply::ok().with("calls", Value::List(calls))
+            }
+        }
+    }
+
+    fn offer<M: MediaPlane, D: Dataplane>(
+        &self,
+        engine: &mut Engine<M, D>,
+        o: ng::Offer,
+        warnings: &mut Warnings,
+        now: Timestamp,
+    ) -> Result<Value, Refusal> {
+        let sd =
+            sdp::parse(&o.sdp).map_err(|e| Refusal::Error(format!("Failed to parse SDP: {e}")))?;
+        let media = media_of(&sd)?;
+        let flags = flags_of(&o.options, warnings);
+        let adverts = engine
+            .offer(
+                now,
+                OfferRequest {
+                    call_id: o.call_id,
+                    from_tag: o.from_tag,
+                    to_tag: o.to_tag,
+                    media,
+                    flags,
+                },
+            )
+            .map_err(Refusal::Engine)?;
+        let out = sdp::rewrite(&sd, &self.rewrite_of(&adverts, &o.options, false));
+        Ok(reply::ok().with("sdp", out))
+    }
+
+    fn answer<M: MediaPlane, D: Dataplane>(
+        &self,
+        engine: &mut Engine<M, D>,
+        a: ng::Answer,
+        warnings: &mut Warnings,
+        now: Timestamp,
+    ) -> Result<Value, Refusal> {
+        let sd =
+            sdp::parse(&a.sdp).map_err(|e| Refusal::Error(format!("Failed to parse SDP: {e}")))?;
+        let media = media_of(&sd)?;
+        let flags = flags_of(&a.options, warnings);
+        let adverts = engine
+            .answer(
+                now,
+                AnswerRequest {
+                    call_id: a.call_id,
+                    from_tag: a.from_tag,
+                    to_tag: a.to_tag,
+                    media,
+                    flags,
+                },
+            )
+            .map_err(Refusal::Engine)?;
+        let out = sdp::rewrite(&sd, &self.rewrite_of(&adverts, &a.options, true));
+        Ok(reply::ok().with("sdp", out))
+    }
+
+    /// The SDP changes that make the peer send to rtpedge's legs.
+    fn rewrite_of(&self, adverts: &[Advertised], opts: &Options, answer: bool) -> Rewrite {
+        let addr = |a: &Advertised| self.advertised.unwrap_or(a.rtp.ip());
+        let origin = opts.replace.origin || opts.replace.origin_full;
+        Rewrite {
+            origin_address: origin.then(|| adverts.first().map(addr)).flatten(),
+            origin_version: if opts.replace.force_increment_sdp_version || opts.replace.sdp_version
+            {
+                VersionChange::Increment
+            } else {
+                VersionChange::Keep
+            },
+            session_name: opts.replace.session_name.then(|| "rtpedge".to_string()),
+            session_connection: None,
+            // rtpedge does not do ICE: candidates would route media around the relay.
+            strip_ice: true,
+            rtcp_attribute: if opts.flags.no_rtcp_attribute {
+                RtcpAttributeStyle::Omit
+            } else if opts.flags.full_rtcp_attribute {
+                RtcpAttributeStyle::Full
+            } else {
+                RtcpAttributeStyle::default()
+            },
+            media: adverts
+                .iter()
+                .map(|a| {
+                    if a.rtp.port() == 0 {
+                        return MediaRewrite::reject();
+                    }
+                    MediaRewrite {
+                        port: Some(a.rtp.port()),
+                        address: Some(addr(a)),
+                        rtcp: match a.rtcp {
+                            Some(r) => RtcpRewrite::Set {
+                                port: r.port(),
+                                address: None,
+                            },
+                            None => RtcpRewrite::Remove,
+                        },
+                        rtcp_mux: match (a.rtcp_mux, answer) {
+                            (true, true) => RtcpMuxRewrite::Use,
+                            (true, false) => RtcpMuxRewrite::Offer,
+                            (false, _) => RtcpMuxRewrite::Remove,
+                        },
+                        direction: None,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Why an offer or answer was refused.
+enum Refusal {
+    Error(String),
+    Engine(EngineError),
+}
+
+fn into_reply(result: Result<Value, Refusal>, supports_load_limit: bool) -> Value {
+    match result {
+        Ok(v) => v,
+        Err(Refusal::Error(reason)) => reply::error(&reason),
+        Err(Refusal::Engine(EngineError::LoadLimit)) => reply::overload(supports_load_limit, None),
+        Err(Refusal::Engine(e)) => reply::error(&e.to_string()),
+    }
+}
+
+/// The media descriptions the engine needs, from a parsed offer or answer.
+fn media_of(sd: &sdp::SessionDescription) -> Result<Vec<MediaDesc>, Refusal> {
+    sd.remote_media_all()
+        .map(|m| {
+            let rtp = match m.rtp {
+                Some(a) => a,
+                None if m.disabled => SocketAddr::from(([0, 0, 0, 0], 0)),
+                None => {
+                    return Err(Refusal::Error(format!(
+                        "Incomplete SDP specification: media section {} has no connection address",
+                        m.index + 1
+                    )));
+                }
+            };
+            Ok(MediaDesc {
+                kind: m.media_type.to_string(),
+                protocol: m.proto.to_string(),
+                rtp: if m.disabled {
+                    SocketAddr::new(rtp.ip(), 0)
+                } else {
+                    rtp
+                },
+                rtcp: m.rtcp,
+                rtcp_mux: m.rtcp_mux,
+                direction: match m.direction {
+                    sdp::Direction::SendRecv => engine::Direction::SendRecv,
+                    sdp::Direction::SendOnly => engine::Direction::SendOnly,
+                    sdp::Direction::RecvOnly => engine::Direction::RecvOnly,
+                    sdp::Direction::Inactive => engine::Direction::Inactive,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The engine's flags from ng options.
+fn flags_of(opts: &Options, warnings: &mut Warnings) -> engine::Flags {
+    if matches!(opts.ice, Some(Ice::Force)) {
+        warnings.push(Warning::UnsupportedValue {
+            key: "ICE",
+            value: "force".into(),
+        });
+    }
+    engine::Flags {
+        trust_address: opts.flags.trust_address == Some(true),
+        sip_source_address: opts.flags.trust_address == Some(false),
+        media_handover: opts.flags.media_handover,
+        received_from: opts.received_from.map(|r| r.address),
+        tos: match opts.tos {
+            Some(Tos::Value(v)) => Some(v),
+            _ => None,
+        },
+        account: opts.account.clone(),
+    }
+}
+
+fn endpoint(addr: Option<SocketAddr>) -> Value {
+    match addr {
+        Some(a) => Value::dict([
+            (
+                "family",
+                Value::from(if a.is_ipv4() { "IPv4" } else { "IPv6" }),
+            ),
+            ("address", Value::from(a.ip().to_string())),
+            ("port", Value::from(a.port())),
+        ]),
+        None => Value::new_dict(),
+    }
+}
+
+fn stream_value(s: &StreamReport) -> Value {
+    Value::dict([
+        ("local port", Value::from(s.local.map_or(0, |l| l.port()))),
+        ("endpoint", endpoint(s.endpoint)),
+        ("advertised endpoint", endpoint(s.advertised)),
+        (
+            "stats",
+            Value::dict([
+                ("packets", Value::from(s.packets as i64)),
+                ("bytes", Value::from(s.bytes as i64)),
+                ("errors", Value::from(s.errors as i64)),
+            ]),
+        ),
+    ])
+}
+
+/// `query`/`delete` statistics in rtpengine's shape: `created`, `last signal`, `tags` →
+/// `medias` → `streams` → `stats`, and `totals`.
+fn report_reply(r: &CallReport) -> Value {
+    let (mut packets, mut bytes, mut errors, mut rtcp) = (0u64, 0u64, 0u64, 0u64);
+    for m in &r.media {
+        for s in [&m.from_a, &m.from_b] {
+            packets += s.packets.saturating_sub(s.rtcp_packets);
+            rtcp += s.rtcp_packets;
+            bytes += s.bytes;
+            errors += s.errors;
+        }
+    }
+    let tag_value = |tag: &str, other: Option<&str>, side: usize| {
+        let medias: Vec<Value> = r
+            .media
+            .iter()
+            .map(|m| {
+                let s = if side == 0 { &m.from_a } else { &m.from_b };
+                Value::dict([
+                    ("index", Value::from((m.index + 1) as i64)),
+                    ("type", Value::from(m.kind.as_str())),
+                    ("protocol", Value::from(m.protocol.as_str())),
+                    ("streams", Value::List(vec![stream_value(s)])),
+                ])
+            })
+            .collect();
+        let mut v = Value::dict([
+            ("tag", Value::from(tag)),
+            ("created", Value::from(r.created_ms / 1000)),
+            ("medias", Value::List(medias)),
+        ]);
+        if let Some(o) = other {
+            v.insert("in dialogue with", Value::from(o));
+        }
+        v
+    };
+    let mut tags = Value::new_dict();
+    tags.insert(&r.a_tag, tag_value(&r.a_tag, r.b_tag.as_deref(), 0));
+    if let Some(b) = &r.b_tag {
+        tags.insert(b, tag_value(b, Some(&r.a_tag), 1));
+    }
+    let totals = Value::dict([
+        (
+            "RTP",
+            Value::dict([
+                ("packets", Value::from(packets as i64)),
+                ("bytes", Value::from(bytes as i64)),
+                ("errors", Value::from(errors as i64)),
+            ]),
+        ),
+        (
+            "RTCP",
+            Value::dict([
+                ("packets", Value::from(rtcp as i64)),
+                ("bytes", Value::from(0i64)),
+                ("errors", Value::from(0i64)),
+            ]),
+        ),
+    ]);
+    reply::ok()
+        .with("created", r.created_ms / 1000)
+        .with("created_us", (r.created_ms % 1000) * 1000)
+        .with("last signal", r.last_signal_ms / 1000)
+        .with("tags", tags)
+        .with("totals", totals)
+}

@@ -1,0 +1,293 @@
+//! The daemon binary end to end on loopback: ng over UDP (the same client Kamailio's module
+//! speaks to), real RTP through the ports the rewritten SDP advertises, statistics, delete, CDRs
+//! in SQLite, malformed requests, retransmissions, and a graceful SIGTERM. Runs with --no-xdp
+//! (the XDP path has its own namespace tests), so it needs no privileges.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rtpedge::ng::{NgClient, Value};
+
+struct Daemon {
+    child: Child,
+    ng: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(ng_port: u16, ports: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("rtpedge-daemon-{}-{ng_port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
+            .args([
+                "--ng",
+                &ng.to_string(),
+                "--ports",
+                ports,
+                "--no-xdp",
+                "--workers",
+                "1",
+            ])
+            .arg("--cdr-db")
+            .arg(dir.join("cdr.sqlite"))
+            .args(["--delete-delay", "1", "--media-timeout", "30"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rtpedge");
+        let d = Daemon { child, ng, dir };
+        let client = d.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.ping().is_err() {
+            assert!(Instant::now() < deadline, "daemon did not answer ping");
+        }
+        d
+    }
+
+    fn client(&self) -> NgClient {
+        NgClient::new(self.ng)
+            .unwrap()
+            .with_timeout(Duration::from_millis(300))
+    }
+
+    fn cdr_db(&self) -> PathBuf {
+        self.dir.join("cdr.sqlite")
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sdp(port: u16) -> Vec<u8> {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+         a=sendrecv\r\n"
+    )
+    .into_bytes()
+}
+
+/// The m= port and c= address of a rewritten SDP.
+fn media_target(sdp: &[u8]) -> SocketAddr {
+    let text = String::from_utf8_lossy(sdp);
+    let addr = text
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line")
+        .trim();
+    let port = text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .expect("m= line");
+    format!("{addr}:{port}").parse().unwrap()
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend(seq.to_be_bytes());
+    p.extend((seq as u32 * 160).to_be_bytes());
+    p.extend(0x1111u32.to_be_bytes());
+    p.extend([0xd5; 160]);
+    p
+}
+
+fn recv_all(sock: &UdpSocket) -> usize {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut n = 0;
+    let mut buf = [0u8; 2048];
+    while sock.recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+fn bytes_of(v: &Value, key: &str) -> Vec<u8> {
+    v.get_bytes(key).expect(key).to_vec()
+}
+
+#[test]
+fn call_through_the_daemon_with_cdr() {
+    let mut d = Daemon::start(22230, "41000-41999");
+    let ng = d.client();
+    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let received_from = Value::list([Value::from("IP4"), Value::from("127.0.0.1")]);
+
+    let offer = ng
+        .offer(
+            "call-1",
+            "tag-a",
+            &sdp(caller.local_addr().unwrap().port()),
+            &[("received-from", received_from.clone())],
+        )
+        .unwrap();
+    let to_callee = media_target(&bytes_of(&offer, "sdp"));
+    assert_ne!(to_callee.port(), callee.local_addr().unwrap().port());
+    assert!(
+        (41000..=41999).contains(&to_callee.port()),
+        "port from the range"
+    );
+    let answer = ng
+        .answer(
+            "call-1",
+            "tag-a",
+            "tag-b",
+            &sdp(callee.local_addr().unwrap().port()),
+            &[("received-from", received_from)],
+        )
+        .unwrap();
+    let to_caller = media_target(&bytes_of(&answer, "sdp"));
+
+    for seq in 0..20 {
+        caller.send_to(&rtp(seq), to_caller).unwrap();
+        callee.send_to(&rtp(seq), to_callee).unwrap();
+    }
+    assert_eq!(recv_all(&callee), 20, "caller → callee through rtpedge");
+    assert_eq!(recv_all(&caller), 20, "callee → caller through rtpedge");
+
+    // Media from a third address is never forwarded (trusted address: exact remote).
+    let intruder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for seq in 20..30 {
+        intruder.send_to(&rtp(seq), to_caller).unwrap();
+    }
+    assert_eq!(recv_all(&callee), 0);
+
+    let q = ng.query("call-1", None, None).unwrap();
+    let totals = q
+        .get("totals")
+        .and_then(|t| t.get("RTP"))
+        .expect("totals.RTP");
+    assert_eq!(totals.get_int("packets"), Some(40));
+    assert!(totals.get_int("errors").unwrap() >= 10);
+    let tags = q.get("tags").expect("tags");
+    let a = tags.get("tag-a").expect("tag-a");
+    assert_eq!(a.get_str("in dialogue with"), Some("tag-b"));
+    assert_eq!(ng.list(None).unwrap(), vec!["call-1".to_string()]);
+
+    let del = ng.delete("call-1", Some("tag-a"), None, &[]).unwrap();
+    assert!(del.get("totals").is_some(), "delete returns statistics");
+    for seq in 30..40 {
+        caller.send_to(&rtp(seq), to_caller).unwrap();
+    }
+    assert_eq!(recv_all(&callee), 0, "no media after delete");
+
+    // SIGTERM: graceful, exit 0; exactly one CDR, with what flowed.
+    assert!(d.terminate().success());
+    let conn = rusqlite::Connection::open(d.cdr_db()).unwrap();
+    let rows: Vec<(String, String, Option<String>, i64, i64, i64)> = conn
+        .prepare(
+            "SELECT call_id, end_reason, to_tag, packets_ab, packets_ba, dropped_xdp FROM cdrs",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let (call_id, reason, to_tag, ab, ba, _) = &rows[0];
+    assert_eq!(
+        (call_id.as_str(), reason.as_str(), to_tag.as_deref()),
+        ("call-1", "delete", Some("tag-b"))
+    );
+    assert_eq!((*ab, *ba), (20, 20));
+}
+
+#[test]
+fn bad_requests_get_precise_errors_and_lose_nothing() {
+    let mut d = Daemon::start(22231, "42000-42999");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let ask = |datagram: &[u8]| -> String {
+        sock.send_to(datagram, d.ng).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = sock.recv_from(&mut buf).expect("a reply");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // A live call, which bad requests must not disturb.
+    let ng = d.client();
+    ng.offer("live", "a", &sdp(5000), &[]).unwrap();
+    for (req, want) in [
+        (&b"c1 d7:command4:pinge"[..], "pong"),
+        (b"c2 d7:commande", "error"),
+        (b"c3 i42e", "error"),
+        (b"c4 d7:command5:offere", "No SDP body"),
+        (b"c5 d7:command9:frobnicate", "error"),
+        (b"c6 d7:command10:frobnicatee", "Unrecognized command"),
+        (
+            b"c7 d7:command5:offer7:call-idli1ee8:from-tag1:a3:sdp1:xe",
+            "Invalid type for key \"call-id\"",
+        ),
+        (
+            b"c8 d7:command5:offer7:call-id1:x8:from-tag1:a3:sdp3:v=0e",
+            "Failed to parse SDP",
+        ),
+        (
+            b"c9 d7:command6:answer7:call-id4:nope8:from-tag1:a6:to-tag1:b3:sdp3:v=0e",
+            "error",
+        ),
+        (b"c10 {\"command\": \"ping\"}", "pong"),
+    ] {
+        let reply = ask(req);
+        let cookie =
+            String::from_utf8_lossy(req.split(|&b| b == b' ').next().unwrap()).into_owned();
+        assert!(reply.starts_with(&format!("{cookie} ")), "{reply}");
+        assert!(reply.contains(want), "{req:?} → {reply}");
+    }
+    // A retransmitted cookie gets the cached reply; the command does not run twice.
+    let offer = Value::dict([
+        ("command", Value::from("offer")),
+        ("call-id", Value::from("retx1")),
+        ("from-tag", Value::from("a")),
+        ("sdp", Value::from(sdp(7000))),
+    ]);
+    let mut datagram = b"r1 ".to_vec();
+    rtpedge::ng::encode(&offer, &mut datagram);
+    let first = ask(&datagram);
+    assert!(first.contains("ok"), "{first}");
+    let again = ask(&datagram);
+    assert_eq!(
+        first, again,
+        "same reply, same ports: the offer did not run twice"
+    );
+    let mut calls = ng.list(None).unwrap();
+    calls.sort();
+    assert_eq!(calls, vec!["live".to_string(), "retx1".to_string()]);
+    assert!(d.terminate().success());
+}
