@@ -242,7 +242,10 @@ fn delete_stops_media_at_once_writes_one_cdr_and_releases_later() {
     // Genuine media latches the learning pinhole; an injector is then dropped (counted in
     // the CDR).
     assert!(matches!(t.deliver(CALLER, a_leg), Verdict::Pass(_)));
-    assert_eq!(t.deliver("192.0.2.66:1", a_leg), Verdict::Drop(Counter::WrongSource));
+    assert_eq!(
+        t.deliver("192.0.2.66:1", a_leg),
+        Verdict::Drop(Counter::WrongSource)
+    );
     t.advance(Duration::from_secs(90));
     let report = t.e.delete(t.now, "c1").unwrap();
     assert_eq!(report.state, "ended");

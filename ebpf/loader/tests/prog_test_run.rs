@@ -248,7 +248,11 @@ fn any_policy_leaves_latching_to_the_bridge() {
         let f = Frame::udp(src, LOCAL).build();
         h.expect(&f, XDP_PASS, Counter::Passed, src);
     }
-    assert_eq!(h.dp.learned_source(sa(LOCAL)).unwrap(), None, "nothing latched in the kernel");
+    assert_eq!(
+        h.dp.learned_source(sa(LOCAL)).unwrap(),
+        None,
+        "nothing latched in the kernel"
+    );
     h.dp.close_pinhole(sa(LOCAL)).unwrap();
     let f = Frame::udp(PEER, LOCAL).build();
     h.expect(&f, XDP_DROP, Counter::Closed, "closed still closes");
