@@ -117,6 +117,8 @@ pub struct LegCounters {
     pub bytes_out: u64,
     /// RTCP packets accepted.
     pub rtcp_in: u64,
+    /// Their bytes (included in `bytes_in`).
+    pub rtcp_bytes_in: u64,
     /// RTCP packets sent.
     pub rtcp_out: u64,
     /// Dropped: invalid RTP/RTCP.
@@ -601,6 +603,7 @@ impl Core {
                     leg.rtcp_remote = Some(src);
                 }
                 leg.counters.rtcp_in += 1;
+                leg.counters.rtcp_bytes_in += buf.len() as u64;
                 false
             }
         };

@@ -60,7 +60,14 @@ struct DaemonArgs {
     #[arg(long, env = "RTPEDGE_XDP_MODE")]
     xdp_mode: Option<String>,
     /// bpffs pin root of the data plane.
-    #[arg(long, env = "RTPEDGE_PIN_ROOT")]
+    // Its own id: `ebpf`'s global `--pin-root` (a PathBuf) is propagated up to these matches
+    // under the id `pin_root`, and reading it here as a String panicked in every `rtpedge ebpf`.
+    #[arg(
+        long = "pin-root",
+        id = "daemon_pin_root",
+        value_name = "PIN_ROOT",
+        env = "RTPEDGE_PIN_ROOT"
+    )]
     pin_root: Option<String>,
     /// CDR database: a SQLite path or a postgres:// URL (default rtpedge-data/cdr.sqlite).
     #[arg(long, env = "RTPEDGE_CDR_DB")]

@@ -101,7 +101,7 @@ impl NgServer {
                 Ok(report) if d.options.flags.fast => {
                     reply::ok().with("created", report.created_ms / 1000)
                 }
-                Ok(report) => report_reply(&report),
+                Ok(report) => report_reply(&report, now.unix_ms),
                 Err(EngineError::UnknownCall) if d.options.flags.fatal => {
                     reply::error(DELETE_NOT_FOUND)
                 }
@@ -109,7 +109,7 @@ impl NgServer {
                 Err(e) => reply::error(&e.to_string()),
             },
             Request::Query(q) => match engine.query(&q.call_id) {
-                Ok(report) => report_reply(&report),
+                Ok(report) => report_reply(&report, now.unix_ms),
                 Err(e) => reply::error(&e.to_string()),
             },
             Request::List(l) => {
@@ -269,6 +269,7 @@ fn media_of(sd: &sdp::SessionDescription) -> Result<Vec<MediaDesc>, Refusal> {
                 },
                 rtcp: m.rtcp,
                 rtcp_mux: m.rtcp_mux,
+                codec: codec_of(sd, m.index),
                 direction: match m.direction {
                     sdp::Direction::SendRecv => engine::Direction::SendRecv,
                     sdp::Direction::SendOnly => engine::Direction::SendOnly,
@@ -278,6 +279,34 @@ fn media_of(sd: &sdp::SessionDescription) -> Result<Vec<MediaDesc>, Refusal> {
             })
         })
         .collect()
+}
+
+/// Static RTP payload types (RFC 3551) by number: `ENCODING/CLOCK`.
+fn static_codec(pt: u8) -> Option<&'static str> {
+    Some(match pt {
+        0 => "PCMU/8000",
+        3 => "GSM/8000",
+        4 => "G723/8000",
+        8 => "PCMA/8000",
+        9 => "G722/8000",
+        18 => "G729/8000",
+        _ => return None,
+    })
+}
+
+/// The first format of a media section as `ENCODING/CLOCK` (its `a=rtpmap`, or the static
+/// payload type's name).
+fn codec_of(sd: &sdp::SessionDescription, index: usize) -> Option<String> {
+    let m = sd.media().get(index)?;
+    let first = m.formats().first()?;
+    let pt: u8 = first.parse().ok()?;
+    let mapped = m.attributes().iter().find_map(|a| match a.kind() {
+        sdp::AttributeKind::Rtpmap(Some(r)) if r.payload_type == pt => {
+            Some(format!("{}/{}", r.encoding, r.clock_rate))
+        }
+        _ => None,
+    });
+    mapped.or_else(|| static_codec(pt).map(str::to_string))
 }
 
 /// The engine's flags from ng options.
@@ -304,10 +333,7 @@ fn flags_of(opts: &Options, warnings: &mut Warnings) -> engine::Flags {
 fn endpoint(addr: Option<SocketAddr>) -> Value {
     match addr {
         Some(a) => Value::dict([
-            (
-                "family",
-                Value::from(if a.is_ipv4() { "IPv4" } else { "IPv6" }),
-            ),
+            ("family", Value::from(family(a))),
             ("address", Value::from(a.ip().to_string())),
             ("port", Value::from(a.port())),
         ]),
@@ -315,51 +341,137 @@ fn endpoint(addr: Option<SocketAddr>) -> Value {
     }
 }
 
-fn stream_value(s: &StreamReport) -> Value {
+fn family(a: SocketAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn stats(packets: u64, bytes: u64, errors: u64) -> Value {
     Value::dict([
-        ("local port", Value::from(s.local.map_or(0, |l| l.port()))),
-        ("endpoint", endpoint(s.endpoint)),
-        ("advertised endpoint", endpoint(s.advertised)),
-        (
-            "stats",
-            Value::dict([
-                ("packets", Value::from(s.packets as i64)),
-                ("bytes", Value::from(s.bytes as i64)),
-                ("errors", Value::from(s.errors as i64)),
-            ]),
-        ),
+        ("packets", Value::from(packets as i64)),
+        ("bytes", Value::from(bytes as i64)),
+        ("errors", Value::from(errors as i64)),
     ])
 }
 
-/// `query`/`delete` statistics in rtpengine's shape: `created`, `last signal`, `tags` →
-/// `medias` → `streams` → `stats`, and `totals`.
-fn report_reply(r: &CallReport) -> Value {
-    let (mut packets, mut bytes, mut errors, mut rtcp) = (0u64, 0u64, 0u64, 0u64);
+/// One stream entry (rtpengine lists a media section's RTP and RTCP ports as two streams).
+fn stream_entry(
+    local: SocketAddr,
+    endpoint_addr: Option<SocketAddr>,
+    advertised: Option<SocketAddr>,
+    kind: &str,
+    last_packet_s: i64,
+    counters: Value,
+) -> Value {
+    let mut flags = vec![Value::from(kind)];
+    if endpoint_addr.is_some() {
+        flags.push(Value::from("filled"));
+    }
+    Value::dict([
+        ("local port", Value::from(local.port())),
+        ("local address", Value::from(local.ip().to_string())),
+        ("family", Value::from(family(local))),
+        ("endpoint", endpoint(endpoint_addr)),
+        ("advertised endpoint", endpoint(advertised)),
+        ("last packet", Value::from(last_packet_s)),
+        ("flags", Value::List(flags)),
+        ("stats", counters),
+    ])
+}
+
+fn streams_of(s: &StreamReport, now_ms: i64, fallback_ms: i64) -> Vec<Value> {
+    let last = s
+        .idle
+        .map_or(fallback_ms, |d| now_ms - d.as_millis() as i64)
+        / 1000;
+    let rtp_packets = s.packets.saturating_sub(s.rtcp_packets);
+    let rtp_bytes = s.bytes.saturating_sub(s.rtcp_bytes);
+    let mut v = Vec::with_capacity(2);
+    if let Some(local) = s.local {
+        let mut e = stream_entry(
+            local,
+            s.endpoint,
+            s.advertised,
+            "RTP",
+            last,
+            stats(rtp_packets, rtp_bytes, s.errors),
+        );
+        if let Some(ssrc) = s.ssrc {
+            e.insert("SSRC", Value::from(i64::from(ssrc)));
+        }
+        v.push(e);
+    }
+    if let Some(local) = s.local_rtcp {
+        let rtcp_of =
+            |a: Option<SocketAddr>| a.map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)));
+        v.push(stream_entry(
+            local,
+            rtcp_of(s.endpoint),
+            rtcp_of(s.advertised),
+            "RTCP",
+            last,
+            stats(s.rtcp_packets, s.rtcp_bytes, 0),
+        ));
+    }
+    v
+}
+
+/// `query`/`delete` statistics in rtpengine's shape: `created`, `created_us`, `last signal`,
+/// `SSRC`, `tags` → `medias` → `streams` (RTP and RTCP port each) → `stats`, and `totals`.
+fn report_reply(r: &CallReport, now_ms: i64) -> Value {
+    let (mut rtp, mut rtcp) = ([0u64; 3], [0u64; 3]);
     for m in &r.media {
         for s in [&m.from_a, &m.from_b] {
-            packets += s.packets.saturating_sub(s.rtcp_packets);
-            rtcp += s.rtcp_packets;
-            bytes += s.bytes;
-            errors += s.errors;
+            rtp[0] += s.packets.saturating_sub(s.rtcp_packets);
+            rtp[1] += s.bytes.saturating_sub(s.rtcp_bytes);
+            rtp[2] += s.errors;
+            rtcp[0] += s.rtcp_packets;
+            rtcp[1] += s.rtcp_bytes;
         }
     }
+    let peer = |tag: Option<&str>| -> Value {
+        Value::List(
+            tag.map(|t| {
+                Value::dict([
+                    ("tag", Value::from(t)),
+                    ("type", Value::from("offer/answer")),
+                ])
+            })
+            .into_iter()
+            .collect(),
+        )
+    };
     let tag_value = |tag: &str, other: Option<&str>, side: usize| {
         let medias: Vec<Value> = r
             .media
             .iter()
             .map(|m| {
                 let s = if side == 0 { &m.from_a } else { &m.from_b };
-                Value::dict([
+                let mut flags = vec![Value::from("initialized")];
+                if s.local.is_some() {
+                    flags.push(Value::from("send"));
+                    flags.push(Value::from("recv"));
+                }
+                let mut media = Value::dict([
                     ("index", Value::from((m.index + 1) as i64)),
                     ("type", Value::from(m.kind.as_str())),
                     ("protocol", Value::from(m.protocol.as_str())),
-                    ("streams", Value::List(vec![stream_value(s)])),
-                ])
+                    (
+                        "streams",
+                        Value::List(streams_of(s, now_ms, r.last_signal_ms)),
+                    ),
+                    ("flags", Value::List(flags)),
+                ]);
+                if let Some(c) = &m.codec {
+                    media.insert("codec", Value::from(c.as_str()));
+                }
+                media
             })
             .collect();
         let mut v = Value::dict([
             ("tag", Value::from(tag)),
             ("created", Value::from(r.created_ms / 1000)),
+            ("subscriptions", peer(other)),
+            ("subscribers", peer(other)),
             ("medias", Value::List(medias)),
         ]);
         if let Some(o) = other {
@@ -373,27 +485,14 @@ fn report_reply(r: &CallReport) -> Value {
         tags.insert(b, tag_value(b, Some(&r.a_tag), 1));
     }
     let totals = Value::dict([
-        (
-            "RTP",
-            Value::dict([
-                ("packets", Value::from(packets as i64)),
-                ("bytes", Value::from(bytes as i64)),
-                ("errors", Value::from(errors as i64)),
-            ]),
-        ),
-        (
-            "RTCP",
-            Value::dict([
-                ("packets", Value::from(rtcp as i64)),
-                ("bytes", Value::from(0i64)),
-                ("errors", Value::from(0i64)),
-            ]),
-        ),
+        ("RTP", stats(rtp[0], rtp[1], rtp[2])),
+        ("RTCP", stats(rtcp[0], rtcp[1], rtcp[2])),
     ]);
     reply::ok()
         .with("created", r.created_ms / 1000)
         .with("created_us", (r.created_ms % 1000) * 1000)
         .with("last signal", r.last_signal_ms / 1000)
+        .with("SSRC", Value::new_dict())
         .with("tags", tags)
         .with("totals", totals)
 }

@@ -120,6 +120,7 @@ struct Side {
 struct Pair {
     kind: String,
     protocol: String,
+    codec: Option<String>,
     /// `sides[0]` faces A, `sides[1]` faces B.
     sides: [Side; 2],
     splice: Option<SpliceId>,
@@ -370,6 +371,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         call.pairs.push(Pair {
             kind: desc.kind.clone(),
             protocol: desc.protocol.clone(),
+            codec: desc.codec.clone(),
             sides: [
                 Side {
                     leg: a,
@@ -435,6 +437,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         call.pairs.push(Pair {
             kind: desc.kind.clone(),
             protocol: desc.protocol.clone(),
+            codec: desc.codec.clone(),
             sides: [
                 Side {
                     leg: a,
@@ -492,6 +495,9 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             pair.disabled = false;
             pair.kind = desc.kind.clone();
             pair.protocol = desc.protocol.clone();
+        }
+        if desc.codec.is_some() {
+            pair.codec = desc.codec.clone();
         }
         let enf = enforcement(desc, &flags, self.cfg.learn_window);
         let leg = pair.sides[side].leg;
@@ -837,6 +843,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     fn stream_report(&self, side: &Side) -> StreamReport {
         let mut r = StreamReport {
             local: Some(side.leg.rtp),
+            local_rtcp: side.leg.rtcp,
             advertised: side.remote.as_ref().map(|d| d.rtp),
             ..StreamReport::default()
         };
@@ -845,6 +852,9 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             r.packets = st.counters.packets_in;
             r.bytes = st.counters.bytes_in;
             r.rtcp_packets = st.counters.rtcp_in;
+            r.rtcp_bytes = st.counters.rtcp_bytes_in;
+            r.idle = st.idle;
+            r.ssrc = st.ssrc;
             r.errors = st.counters.dropped_invalid
                 + st.counters.dropped_wrong_source
                 + st.counters.dropped_not_spliced
@@ -879,6 +889,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     index,
                     kind: p.kind.clone(),
                     protocol: p.protocol.clone(),
+                    codec: p.codec.clone(),
                     from_a: self.stream_report(&p.sides[0]),
                     from_b: self.stream_report(&p.sides[1]),
                 })

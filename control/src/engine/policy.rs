@@ -116,6 +116,7 @@ mod tests {
             rtcp: None,
             rtcp_mux: false,
             direction: Direction::SendRecv,
+            codec: None,
         }
     }
     const W: Duration = Duration::from_secs(3);

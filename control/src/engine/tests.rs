@@ -32,6 +32,7 @@ fn audio(rtp: &str) -> MediaDesc {
         rtcp: None,
         rtcp_mux: false,
         direction: Direction::SendRecv,
+        codec: Some("PCMU/8000".into()),
     }
 }
 

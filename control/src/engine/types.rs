@@ -125,6 +125,8 @@ pub struct MediaDesc {
     pub rtcp_mux: bool,
     /// Direction.
     pub direction: Direction,
+    /// The first (preferred) codec, `ENCODING/CLOCK` (e.g. `PCMU/8000`), when known.
+    pub codec: Option<String>,
 }
 
 impl MediaDesc {
@@ -198,10 +200,12 @@ pub struct Advertised {
 }
 
 /// Statistics of one stream (one leg's inbound direction) for reports and CDRs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamReport {
     /// Local address of the leg.
     pub local: Option<SocketAddr>,
+    /// Local RTCP address of the leg (None with rtcp-mux).
+    pub local_rtcp: Option<SocketAddr>,
     /// Remote endpoint (latched or signalled).
     pub endpoint: Option<SocketAddr>,
     /// Remote endpoint as signalled in SDP.
@@ -212,8 +216,14 @@ pub struct StreamReport {
     pub bytes: u64,
     /// Packets dropped (invalid, wrong source, not spliced; and by XDP).
     pub errors: u64,
-    /// RTCP packets received.
+    /// RTCP packets received (included in `packets`).
     pub rtcp_packets: u64,
+    /// Their bytes (included in `bytes`).
+    pub rtcp_bytes: u64,
+    /// Time since the last accepted RTP packet.
+    pub idle: Option<Duration>,
+    /// SSRC of the received RTP stream.
+    pub ssrc: Option<u32>,
     /// RTP packets lost (RFC 3550).
     pub lost: i64,
     /// Interarrival jitter.
@@ -231,6 +241,8 @@ pub struct MediaReport {
     pub kind: String,
     /// Transport protocol.
     pub protocol: String,
+    /// Preferred codec as last signalled.
+    pub codec: Option<String>,
     /// What side A (the original offerer) sent; received on the A-facing leg.
     pub from_a: StreamReport,
     /// What side B sent; received on the B-facing leg.
