@@ -158,3 +158,29 @@ fn run_daemon(args: &DaemonArgs) -> anyhow::Result<()> {
     let cfg = config::resolve(file, args.overrides())?;
     rtpedge::daemon::run(cfg).context("daemon")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Both forms parse, including options whose names exist in both (`--pin-root`): a clash
+    /// of argument ids once made every `rtpedge ebpf` call panic.
+    #[test]
+    fn daemon_and_ebpf_forms_parse() {
+        let cli =
+            Cli::try_parse_from(["rtpedge", "--pin-root", "/a", "--ports", "1000-2000"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.daemon.pin_root.as_deref(), Some("/a"));
+        let cli = Cli::try_parse_from(["rtpedge", "ebpf", "--pin-root", "/b", "status", "--json"])
+            .unwrap();
+        assert!(matches!(cli.command, Some(Command::Ebpf(_))));
+        assert!(Cli::try_parse_from(["rtpedge", "--ports", "1-2", "ebpf", "status"]).is_err());
+    }
+}
