@@ -1,2 +1,42 @@
-//! Benchmarks and the load generator. The XDP benchmark is `benches/xdp-bench` (a script:
-//! it needs namespaces and root); criterion benchmarks and `rtpedge-load` come with the bridge.
+//! Benchmarks and the load generator.
+//!
+//! - [`mmsg`]: batched UDP I/O (`sendmmsg` / `recvmmsg` over preallocated buffers), with the
+//!   received TOS byte and source when asked.
+//! - [`rtp`]: RTP-shaped payloads (a valid RTP header with advancing sequence number and
+//!   timestamp in front of G.711 silence).
+//! - `rtpedge-blast` (binary): a packet blaster (`send`) and a counting receiver (`recv`) built
+//!   on the two, used by `benches/xdp-bench` (XDP drop and pass rates against a no-program
+//!   baseline, on veth between network namespaces) and by `scripts/demo`.
+//!
+//! The XDP benchmark is a script because it needs root and namespaces; criterion benchmarks
+//! and `rtpedge-load` come with the bridge.
+
+#![deny(missing_docs)]
+
+pub mod mmsg;
+pub mod rtp;
+
+/// Errors of setting up a sender or receiver. The per-batch calls return plain
+/// [`std::io::Error`]s: they are on the hot path and the caller decides which are transient.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket call failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done, with the address involved.
+        what: String,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A size or count outside what the sender or receiver supports.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
