@@ -4,6 +4,7 @@
 //! 127.0.0.1, ports 30000-40000, CDRs in ./rtpedge-data/cdr.sqlite). `rtpedge ebpf ...` is the
 //! data-plane operator interface (wrapped by scripts/ebpf).
 
+mod ctl_cmd;
 mod ebpf_cmd;
 
 use std::path::PathBuf;
@@ -30,34 +31,74 @@ struct Cli {
 enum Command {
     /// Load, inspect and unload the XDP/TC data plane and manage pinholes by hand.
     Ebpf(ebpf_cmd::EbpfArgs),
+    /// Talk to a running daemon over ng: ping, list, query, delete, offer, answer.
+    Ctl(ctl_cmd::CtlArgs),
 }
 
 /// Daemon flags; each also reads an environment variable, and overrides the config file.
+/// Every id is prefixed `daemon_`: subcommands' global options (`ebpf --pin-root`, `ctl --ng`)
+/// are propagated into these matches under their own ids, and clap panics when two arguments
+/// share an id with different types.
 #[derive(Args)]
 struct DaemonArgs {
     /// TOML configuration file.
-    #[arg(long, env = "RTPEDGE_CONFIG")]
+    #[arg(
+        long = "config",
+        id = "daemon_config",
+        value_name = "FILE",
+        env = "RTPEDGE_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// ng control socket (default 127.0.0.1:2223).
-    #[arg(long, env = "RTPEDGE_NG")]
+    #[arg(
+        long = "ng",
+        id = "daemon_ng",
+        value_name = "ADDR:PORT",
+        env = "RTPEDGE_NG"
+    )]
     ng: Option<String>,
     /// Address legs bind and SDP advertises (default 127.0.0.1).
-    #[arg(long, env = "RTPEDGE_MEDIA_ADDRESS")]
+    #[arg(
+        long = "media-address",
+        id = "daemon_media_address",
+        value_name = "IP",
+        env = "RTPEDGE_MEDIA_ADDRESS"
+    )]
     media_address: Option<String>,
     /// Address written into SDP instead of --media-address (host behind 1:1 NAT).
-    #[arg(long, env = "RTPEDGE_ADVERTISED_ADDRESS")]
+    #[arg(
+        long = "advertised-address",
+        id = "daemon_advertised_address",
+        value_name = "IP",
+        env = "RTPEDGE_ADVERTISED_ADDRESS"
+    )]
     advertised_address: Option<String>,
     /// Media port range LO-HI (default 30000-40000).
-    #[arg(long, env = "RTPEDGE_PORTS")]
+    #[arg(
+        long = "ports",
+        id = "daemon_ports",
+        value_name = "LO-HI",
+        env = "RTPEDGE_PORTS"
+    )]
     ports: Option<String>,
     /// Attach (or re-open) the XDP data plane on this interface.
-    #[arg(long, env = "RTPEDGE_INTERFACE")]
+    #[arg(
+        long = "interface",
+        id = "daemon_interface",
+        value_name = "IF",
+        env = "RTPEDGE_INTERFACE"
+    )]
     interface: Option<String>,
     /// Run without the XDP data plane (hosts that cannot load eBPF).
-    #[arg(long, env = "RTPEDGE_NO_XDP")]
+    #[arg(long = "no-xdp", id = "daemon_no_xdp", env = "RTPEDGE_NO_XDP")]
     no_xdp: bool,
     /// XDP mode: auto, native or generic.
-    #[arg(long, env = "RTPEDGE_XDP_MODE")]
+    #[arg(
+        long = "xdp-mode",
+        id = "daemon_xdp_mode",
+        value_name = "MODE",
+        env = "RTPEDGE_XDP_MODE"
+    )]
     xdp_mode: Option<String>,
     /// bpffs pin root of the data plane.
     // Its own id: `ebpf`'s global `--pin-root` (a PathBuf) is propagated up to these matches
@@ -70,25 +111,60 @@ struct DaemonArgs {
     )]
     pin_root: Option<String>,
     /// CDR database: a SQLite path or a postgres:// URL (default rtpedge-data/cdr.sqlite).
-    #[arg(long, env = "RTPEDGE_CDR_DB")]
+    #[arg(
+        long = "cdr-db",
+        id = "daemon_cdr_db",
+        value_name = "PATH|URL",
+        env = "RTPEDGE_CDR_DB"
+    )]
     cdr_db: Option<String>,
     /// Bridge worker threads (0: one per core).
-    #[arg(long, env = "RTPEDGE_WORKERS")]
+    #[arg(
+        long = "workers",
+        id = "daemon_workers",
+        value_name = "N",
+        env = "RTPEDGE_WORKERS"
+    )]
     workers: Option<usize>,
     /// Refuse new calls beyond this many (`load limit`).
-    #[arg(long, env = "RTPEDGE_MAX_CALLS")]
+    #[arg(
+        long = "max-calls",
+        id = "daemon_max_calls",
+        value_name = "N",
+        env = "RTPEDGE_MAX_CALLS"
+    )]
     max_calls: Option<usize>,
     /// Media timeout in seconds.
-    #[arg(long, env = "RTPEDGE_MEDIA_TIMEOUT")]
+    #[arg(
+        long = "media-timeout",
+        id = "daemon_media_timeout",
+        value_name = "SECS",
+        env = "RTPEDGE_MEDIA_TIMEOUT"
+    )]
     media_timeout: Option<u64>,
     /// Offer timeout in seconds.
-    #[arg(long, env = "RTPEDGE_OFFER_TIMEOUT")]
+    #[arg(
+        long = "offer-timeout",
+        id = "daemon_offer_timeout",
+        value_name = "SECS",
+        env = "RTPEDGE_OFFER_TIMEOUT"
+    )]
     offer_timeout: Option<u64>,
     /// Maximum call duration in seconds (0: none).
-    #[arg(long, env = "RTPEDGE_FINAL_TIMEOUT")]
+    #[arg(
+        long = "final-timeout",
+        id = "daemon_final_timeout",
+        value_name = "SECS",
+        env = "RTPEDGE_FINAL_TIMEOUT"
+    )]
     final_timeout: Option<u64>,
     /// Seconds an ended call is kept before its ports are released.
-    #[arg(long, env = "RTPEDGE_DELETE_DELAY")]
+    #[arg(
+        long = "delete-delay",
+        id = "daemon_delete_delay",
+        value_name = "SECS",
+        env = "RTPEDGE_DELETE_DELAY"
+    )]
     delete_delay: Option<u64>,
 }
 
@@ -142,6 +218,7 @@ fn main() {
     }
     let result = match cli.command {
         Some(Command::Ebpf(args)) => ebpf_cmd::run(args),
+        Some(Command::Ctl(args)) => ctl_cmd::run(args),
         None => run_daemon(&cli.daemon),
     };
     if let Err(e) = result {
@@ -182,5 +259,10 @@ mod tests {
             .unwrap();
         assert!(matches!(cli.command, Some(Command::Ebpf(_))));
         assert!(Cli::try_parse_from(["rtpedge", "--ports", "1-2", "ebpf", "status"]).is_err());
+        let cli = Cli::try_parse_from(["rtpedge", "ctl", "--ng", "127.0.0.1:9", "ping"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Ctl(_))));
+        let cli = Cli::try_parse_from(["rtpedge", "--ng", "127.0.0.1:9", "--no-xdp"]).unwrap();
+        assert_eq!(cli.daemon.ng.as_deref(), Some("127.0.0.1:9"));
+        assert!(cli.daemon.no_xdp);
     }
 }
