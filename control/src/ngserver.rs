@@ -29,12 +29,14 @@ const DELETE_NOT_FOUND: &str = "Call-ID not found or tags didn't match";
 /// The ng request handler.
 pub struct NgServer {
     cache: ReplyCache,
-    advertised: Option<IpAddr>,
+    /// Per family, the address written into SDP instead of the legs' own.
+    advertised: Vec<IpAddr>,
 }
 
 impl NgServer {
-    /// A handler; `advertised` replaces the legs' address in SDP (host behind 1:1 NAT).
-    pub fn new(advertised: Option<IpAddr>) -> Self {
+    /// A handler; `advertised` (one per family) replaces the legs' addresses in SDP (host
+    /// behind 1:1 NAT).
+    pub fn new(advertised: Vec<IpAddr>) -> Self {
         Self {
             cache: ReplyCache::default(),
             advertised,
@@ -133,7 +135,7 @@ impl NgServer {
     ) -> Result<Value, Refusal> {
         let sd =
             sdp::parse(&o.sdp).map_err(|e| Refusal::Error(format!("Failed to parse SDP: {e}")))?;
-        let media = media_of(&sd)?;
+        let media = media_of(&sd, o.options.media_address)?;
         let flags = flags_of(&o.options, warnings);
         let adverts = engine
             .offer(
@@ -160,7 +162,7 @@ impl NgServer {
     ) -> Result<Value, Refusal> {
         let sd =
             sdp::parse(&a.sdp).map_err(|e| Refusal::Error(format!("Failed to parse SDP: {e}")))?;
-        let media = media_of(&sd)?;
+        let media = media_of(&sd, a.options.media_address)?;
         let flags = flags_of(&a.options, warnings);
         let adverts = engine
             .answer(
@@ -180,7 +182,13 @@ impl NgServer {
 
     /// The SDP changes that make the peer send to rtpedge's legs.
     fn rewrite_of(&self, adverts: &[Advertised], opts: &Options, answer: bool) -> Rewrite {
-        let addr = |a: &Advertised| self.advertised.unwrap_or(a.rtp.ip());
+        let addr = |a: &Advertised| {
+            self.advertised
+                .iter()
+                .copied()
+                .find(|x| x.is_ipv4() == a.rtp.is_ipv4())
+                .unwrap_or(a.rtp.ip())
+        };
         let origin = opts.replace.origin || opts.replace.origin_full;
         Rewrite {
             origin_address: origin.then(|| adverts.first().map(addr)).flatten(),
@@ -245,8 +253,12 @@ fn into_reply(result: Result<Value, Refusal>, supports_load_limit: bool) -> Valu
     }
 }
 
-/// The media descriptions the engine needs, from a parsed offer or answer.
-fn media_of(sd: &sdp::SessionDescription) -> Result<Vec<MediaDesc>, Refusal> {
+/// The media descriptions the engine needs, from a parsed offer or answer. `media_address` (ng
+/// `media address`) overrides the SDP's connection address (a sender known to misstate it).
+fn media_of(
+    sd: &sdp::SessionDescription,
+    media_address: Option<IpAddr>,
+) -> Result<Vec<MediaDesc>, Refusal> {
     sd.remote_media_all()
         .map(|m| {
             let rtp = match m.rtp {
@@ -259,6 +271,14 @@ fn media_of(sd: &sdp::SessionDescription) -> Result<Vec<MediaDesc>, Refusal> {
                     )));
                 }
             };
+            let rtp = match media_address {
+                Some(ip) => SocketAddr::new(ip, rtp.port()),
+                None => rtp,
+            };
+            let rtcp = match (media_address, m.rtcp) {
+                (Some(ip), Some(r)) => Some(SocketAddr::new(ip, r.port())),
+                (_, r) => r,
+            };
             Ok(MediaDesc {
                 kind: m.media_type.to_string(),
                 protocol: m.proto.to_string(),
@@ -267,7 +287,7 @@ fn media_of(sd: &sdp::SessionDescription) -> Result<Vec<MediaDesc>, Refusal> {
                 } else {
                     rtp
                 },
-                rtcp: m.rtcp,
+                rtcp,
                 rtcp_mux: m.rtcp_mux,
                 codec: codec_of(sd, m.index),
                 direction: match m.direction {
@@ -327,6 +347,7 @@ fn flags_of(opts: &Options, warnings: &mut Warnings) -> engine::Flags {
             _ => None,
         },
         account: opts.account.clone(),
+        other_side_ipv6: opts.address_family.map(|f| f == ng::AddressFamily::Ip6),
     }
 }
 

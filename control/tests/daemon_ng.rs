@@ -20,6 +20,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(ng_port: u16, ports: &str) -> Self {
+        Self::start_with(ng_port, ports, "127.0.0.1")
+    }
+
+    fn start_with(ng_port: u16, ports: &str, media: &str) -> Self {
         let dir =
             std::env::temp_dir().join(format!("rtpedge-daemon-{}-{ng_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -35,6 +39,7 @@ impl Daemon {
                 "--workers",
                 "1",
             ])
+            .args(["--media-address", media])
             .arg("--cdr-db")
             .arg(dir.join("cdr.sqlite"))
             .args(["--delete-delay", "1", "--media-timeout", "30"])
@@ -289,5 +294,63 @@ fn bad_requests_get_precise_errors_and_lose_nothing() {
     let mut calls = ng.list(None).unwrap();
     calls.sort();
     assert_eq!(calls, vec!["live".to_string(), "retx1".to_string()]);
+    assert!(d.terminate().success());
+}
+
+/// The m= port and the c= address (either family) of a rewritten SDP.
+fn media_target_any(sdp: &[u8]) -> SocketAddr {
+    let text = String::from_utf8_lossy(sdp);
+    let addr = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("c=IN IP4 ")
+                .or_else(|| l.strip_prefix("c=IN IP6 "))
+        })
+        .expect("c= line")
+        .trim()
+        .to_string();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m= line");
+    SocketAddr::new(addr.parse().unwrap(), port)
+}
+
+#[test]
+fn dual_stack_call_from_ipv4_to_ipv6() {
+    let mut d = Daemon::start_with(22232, "43000-43999", "127.0.0.1,::1");
+    let ng = d.client();
+    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee = UdpSocket::bind("[::1]:0").unwrap();
+    let offer = ng
+        .offer(
+            "v4v6",
+            "a",
+            &sdp(caller.local_addr().unwrap().port()),
+            &[("address family", Value::from("IP6"))],
+        )
+        .unwrap();
+    let to_callee = media_target_any(&bytes_of(&offer, "sdp"));
+    assert!(
+        to_callee.is_ipv6(),
+        "the IPv6 callee is offered the edge's IPv6 leg: {to_callee}"
+    );
+    let answer_sdp = format!(
+        "v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+        callee.local_addr().unwrap().port()
+    );
+    let answer = ng
+        .answer("v4v6", "a", "b", answer_sdp.as_bytes(), &[])
+        .unwrap();
+    let to_caller = media_target_any(&bytes_of(&answer, "sdp"));
+    assert!(to_caller.is_ipv4());
+    for seq in 0..10 {
+        caller.send_to(&rtp(seq), to_caller).unwrap();
+        callee.send_to(&rtp(seq), to_callee).unwrap();
+    }
+    assert_eq!(recv_all(&callee), 10, "IPv4 caller → IPv6 callee");
+    assert_eq!(recv_all(&caller), 10, "IPv6 callee → IPv4 caller");
     assert!(d.terminate().success());
 }

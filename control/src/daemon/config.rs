@@ -78,10 +78,11 @@ pub struct FileDscp {
 pub struct Config {
     /// ng control socket.
     pub ng: SocketAddr,
-    /// Media address (bound by legs).
-    pub media_address: IpAddr,
-    /// Address advertised in SDP.
-    pub advertised_address: Option<IpAddr>,
+    /// Media addresses (bound by legs): at most one IPv4 and one IPv6 (dual stack). A leg uses
+    /// the one of its remote's family.
+    pub media_addresses: Vec<IpAddr>,
+    /// Addresses advertised in SDP instead, per family (hosts behind 1:1 NAT).
+    pub advertised_addresses: Vec<IpAddr>,
     /// Media port range.
     pub ports: (u16, u16),
     /// XDP interface.
@@ -133,6 +134,24 @@ fn bad(setting: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `IP[,IP]`: at most one address per family.
+fn address_list(setting: &str, s: &str) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ip: IpAddr = part
+            .parse()
+            .map_err(|_| bad(setting, format!("{part:?} is not an IP address")))?;
+        if out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(bad(setting, "at most one IPv4 and one IPv6 address"));
+        }
+        out.push(ip);
+    }
+    if out.is_empty() {
+        return Err(bad(setting, "no address given"));
+    }
+    Ok(out)
+}
+
 /// Reads a TOML file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -148,21 +167,25 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
         .parse()
         .map_err(|_| bad("ng", format!("{ng:?} is not ADDR:PORT")))?;
     let media = pick(file.media_address, over.media_address).unwrap_or_else(|| "127.0.0.1".into());
-    let media_address: IpAddr = media
-        .parse()
-        .map_err(|_| bad("media-address", format!("{media:?} is not an IP address")))?;
-    if media_address.is_unspecified() {
+    let media_addresses = address_list("media-address", &media)?;
+    if media_addresses.iter().any(IpAddr::is_unspecified) {
         return Err(bad(
             "media-address",
-            "must be a concrete address (it is written into SDP)",
+            "must be concrete addresses (they are written into SDP)",
         ));
     }
-    let advertised_address = pick(file.advertised_address, over.advertised_address)
-        .map(|a| {
-            a.parse::<IpAddr>()
-                .map_err(|_| bad("advertised-address", format!("{a:?} is not an IP address")))
-        })
-        .transpose()?;
+    let advertised_addresses = match pick(file.advertised_address, over.advertised_address) {
+        Some(a) => address_list("advertised-address", &a)?,
+        None => Vec::new(),
+    };
+    for a in &advertised_addresses {
+        if !media_addresses.iter().any(|m| m.is_ipv4() == a.is_ipv4()) {
+            return Err(bad(
+                "advertised-address",
+                format!("{a}: no media address of its family"),
+            ));
+        }
+    }
     let ports_s = pick(file.ports, over.ports).unwrap_or_else(|| "30000-40000".into());
     let ports =
         rtpedge_dataplane::parse_port_range(&ports_s).map_err(|e| bad("ports", e.to_string()))?;
@@ -189,8 +212,8 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
     let final_s = ot.final_.or(ft.final_).unwrap_or(0);
     Ok(Config {
         ng,
-        media_address,
-        advertised_address,
+        media_addresses,
+        advertised_addresses,
         ports,
         interface: pick(file.interface, over.interface),
         no_xdp: over.no_xdp.or(file.no_xdp).unwrap_or(false),
@@ -220,7 +243,10 @@ mod tests {
     fn embedded_defaults_run_on_loopback() {
         let c = resolve(FileConfig::default(), FileConfig::default()).unwrap();
         assert_eq!(c.ng, "127.0.0.1:2223".parse().unwrap());
-        assert_eq!(c.media_address, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.media_addresses,
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(c.ports, (30000, 40000));
         assert_eq!(c.cdr_db, "rtpedge-data/cdr.sqlite");
         assert_eq!(c.dscp_audio, Some(46));
@@ -243,6 +269,40 @@ mod tests {
         assert_eq!(c.media_timeout, Duration::from_secs(10));
         assert_eq!(c.dscp_audio, Some(40));
         assert_eq!(c.final_timeout, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn dual_stack_media_addresses() {
+        let over = FileConfig {
+            media_address: Some("192.0.2.10, 2001:db8::10".into()),
+            advertised_address: Some("203.0.113.10".into()),
+            ..FileConfig::default()
+        };
+        let c = resolve(FileConfig::default(), over).unwrap();
+        assert_eq!(c.media_addresses.len(), 2);
+        assert_eq!(
+            c.advertised_addresses,
+            vec!["203.0.113.10".parse::<IpAddr>().unwrap()]
+        );
+        for bad_list in ["192.0.2.1,192.0.2.2", "", "2001:db8::1,x"] {
+            let over = FileConfig {
+                media_address: Some(bad_list.into()),
+                ..FileConfig::default()
+            };
+            assert_eq!(
+                resolve(FileConfig::default(), over).unwrap_err().setting,
+                "media-address"
+            );
+        }
+        let over = FileConfig {
+            media_address: Some("192.0.2.10".into()),
+            advertised_address: Some("2001:db8::1".into()),
+            ..FileConfig::default()
+        };
+        assert_eq!(
+            resolve(FileConfig::default(), over).unwrap_err().setting,
+            "advertised-address"
+        );
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let dp = dataplane(&cfg)?;
     let bridge = Arc::new(
         Bridge::start(BridgeConfig {
-            addresses: vec![cfg.media_address],
+            addresses: cfg.media_addresses.clone(),
             port_min: cfg.ports.0,
             port_max: cfg.ports.1,
             workers: cfg.workers,
@@ -128,10 +128,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
     sock.set_read_timeout(Some(POLL))
         .context("ng socket timeout")?;
-    let mut ng = NgServer::new(cfg.advertised_address);
+    let mut ng = NgServer::new(cfg.advertised_addresses.clone());
     tracing::info!(
         ng = %cfg.ng,
-        media = %cfg.media_address,
+        media = ?cfg.media_addresses,
         ports = %format!("{}-{}", cfg.ports.0, cfg.ports.1),
         cdr = %cfg.cdr_db,
         "rtpedge running"

@@ -85,6 +85,8 @@ pub struct FakeLeg {
 pub struct FakeMedia {
     /// Address legs are "bound" on.
     pub address: IpAddr,
+    /// Address of the other family, for dual-stack tests.
+    pub other_address: Option<IpAddr>,
     next_port: u16,
     next_id: u64,
     next_splice: u64,
@@ -103,6 +105,7 @@ impl FakeMedia {
     pub fn new(address: IpAddr) -> Self {
         Self {
             address,
+            other_address: None,
             next_port: 30000,
             next_id: 1,
             next_splice: 1,
@@ -111,6 +114,12 @@ impl FakeMedia {
             released: Vec::new(),
             fail_provision: false,
         }
+    }
+
+    /// Adds an address of the other family (dual stack).
+    pub fn with_other_address(mut self, address: IpAddr) -> Self {
+        self.other_address = Some(address);
+        self
     }
 
     fn leg_mut(&mut self, leg: LegId) -> Result<&mut FakeLeg, BridgeError> {
@@ -137,7 +146,19 @@ impl MediaPlane for FakeMedia {
         self.next_port += 2;
         let id = LegId(self.next_id);
         self.next_id += 1;
-        let ip = req.address.unwrap_or(self.address);
+        // Like the bridge: the address of the requested family, or a precise error.
+        let ip = match req.address {
+            Some(a) => a,
+            None => [Some(self.address), self.other_address]
+                .into_iter()
+                .flatten()
+                .find(|a| a.is_ipv6() == req.ipv6)
+                .ok_or(BridgeError::NoAddressOfFamily(if req.ipv6 {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                }))?,
+        };
         let info = LegInfo {
             id,
             rtp: SocketAddr::new(ip, port),

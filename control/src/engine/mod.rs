@@ -332,7 +332,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     self.push_disabled_pair(&call_id, desc)?;
                     continue;
                 }
-                self.provision_pair(&call_id, side, desc)?;
+                self.provision_pair(&call_id, side, desc, req.flags.other_side_ipv6)?;
             }
             adverts.push(self.apply_remote(&call_id, i, side, desc)?);
         }
@@ -396,6 +396,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         call_id: &str,
         offerer: usize,
         desc: &MediaDesc,
+        other_side_ipv6: Option<bool>,
     ) -> Result<(), EngineError> {
         let ipv6 = desc.rtp.is_ipv6();
         // The offerer's leg may be rtcp-mux (it offered it); the other leg binds RTP and RTCP
@@ -407,7 +408,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             ..Default::default()
         })?;
         let second = match self.media.provision(LegRequest {
-            ipv6,
+            ipv6: other_side_ipv6.unwrap_or(ipv6),
             rtcp_mux: false,
             srtp: desc.is_srtp(),
             near: Some(first.id),

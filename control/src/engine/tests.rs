@@ -595,3 +595,51 @@ fn shutdown_ends_every_call_with_a_cdr() {
     assert!(t.e.media().legs.is_empty());
     assert!(t.e.call_ids().is_empty());
 }
+
+#[test]
+fn address_family_bridges_an_ipv4_caller_to_an_ipv6_callee() {
+    let mut t = T::new();
+    let media =
+        FakeMedia::new(EDGE.parse().unwrap()).with_other_address("2001:db8::1".parse().unwrap());
+    t.e = Engine::new(EngineConfig::default(), media, FakeDataplane::new());
+    let flags = Flags {
+        other_side_ipv6: Some(true),
+        ..Flags::default()
+    };
+    let o = t.offer("c1", "ftag", vec![audio(CALLER)], flags);
+    assert!(
+        o[0].rtp.is_ipv6(),
+        "the callee is offered the edge's IPv6 leg"
+    );
+    let a = t.answer("c1", "ftag", "ttag", vec![audio("[2001:db8::20]:5000")]);
+    assert!(
+        a[0].rtp.is_ipv4(),
+        "the caller is answered with the IPv4 leg"
+    );
+    assert_eq!(
+        t.deliver(CALLER, a[0].rtp),
+        Verdict::Pass(Dscp::new(46).ok())
+    );
+    assert!(matches!(
+        t.deliver("[2001:db8::20]:5000", o[0].rtp),
+        Verdict::Pass(_)
+    ));
+    // Without an IPv6 media address the request is refused, and nothing is left behind.
+    let mut t = T::new();
+    let flags = Flags {
+        other_side_ipv6: Some(true),
+        ..Flags::default()
+    };
+    let r = t.e.offer(
+        t.now,
+        OfferRequest {
+            call_id: "c2".into(),
+            from_tag: "f".into(),
+            to_tag: None,
+            media: vec![audio(CALLER)],
+            flags,
+        },
+    );
+    assert!(r.unwrap_err().to_string().contains("no IPv6 media address"));
+    assert!(t.e.media().legs.is_empty());
+}

@@ -156,6 +156,9 @@ pub struct Flags {
     pub tos: Option<u8>,
     /// Billing account (later issue).
     pub account: Option<String>,
+    /// Family of the legs facing the other side, when it differs from the offerer's (ng
+    /// `address family`: an IPv4 caller to an IPv6 callee). `None`: the offerer's family.
+    pub other_side_ipv6: Option<bool>,
 }
 
 /// An offer (or re-offer) from the side identified by `from_tag`.
