@@ -1,7 +1,9 @@
 //! The `rtpedge` daemon: wires the session engine to its I/O. One control thread owns the
-//! engine and the ng socket (requests are answered in order, no lock around the engine); the
-//! bridge's workers carry the media; the CDR writer has its own thread; the XDP data plane is
-//! attached (or re-opened from its pins) at start-up and outlives the daemon.
+//! engine (no lock around it): it waits on its inputs — ng datagrams (read by their own
+//! thread), bridge events — and wakes exactly at the engine's next deadline; requests are
+//! answered in order. The bridge's workers carry the media; the CDR writer has its own thread;
+//! the XDP data plane is attached (or re-opened from its pins) at start-up and outlives the
+//! daemon.
 //!
 //! Shutdown (SIGTERM, SIGINT): every call is ended with reason `shutdown` and its CDR written
 //! before the process exits.
@@ -9,13 +11,15 @@
 pub mod config;
 
 use std::{
-    net::UdpSocket,
+    net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use crossbeam_channel::Sender;
 
 use anyhow::Context as _;
 use rtpedge_bridge::{Bridge, BridgeConfig};
@@ -28,9 +32,6 @@ use crate::{
 };
 
 pub use self::config::Config;
-
-/// How long the control loop waits for a datagram before it looks at timers and media events.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Chooses the data plane: attach to `--interface`, else reuse a data plane an operator loaded
 /// (pinned maps), else run with the bridge's latching as the only enforcement.
@@ -84,12 +85,53 @@ fn memory_dataplane(cfg: &Config) -> FakeDataplane {
     FakeDataplane::new().with_port_range(cfg.ports.0, cfg.ports.1)
 }
 
+/// What the control thread reacts to, besides bridge events and timers.
+enum Input {
+    /// An ng request datagram.
+    Ng { datagram: Vec<u8>, from: SocketAddr },
+}
+
+/// Longest the control thread sleeps without looking at the stop flag.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads ng datagrams into the control thread's input channel.
+fn spawn_ng_reader(
+    sock: UdpSocket,
+    tx: Sender<Input>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    sock.set_read_timeout(Some(MAX_WAIT)).context("ng socket timeout")?;
+    std::thread::Builder::new()
+        .name("rtpedge-ng".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        let datagram = buf[..n].to_vec();
+                        if tx.send(Input::Ng { datagram, from }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => tracing::warn!(error = %e, "ng socket"),
+                }
+            }
+        })
+        .context("starting the ng reader")
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
     let dp = dataplane(&cfg)?;
     let bridge = Arc::new(
@@ -104,8 +146,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("starting the media bridge")?,
     );
     let writer = CdrWriter::start(
-        store::open(&cfg.cdr_db)
-            .with_context(|| format!("opening the CDR database {}", cfg.cdr_db))?,
+        store::open(&cfg.cdr_db).with_context(|| format!("opening the CDR database {}", cfg.cdr_db))?,
         Timestamp::now().unix_ms,
     )
     .context("starting the CDR writer")?;
@@ -124,10 +165,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&bridge),
         dp,
     );
-    let sock =
-        UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
-    sock.set_read_timeout(Some(POLL))
-        .context("ng socket timeout")?;
+    let sock = UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
+    let reply_sock = sock.try_clone().context("ng socket")?;
+    let (tx, inputs) = crossbeam_channel::unbounded();
+    let reader = spawn_ng_reader(sock, tx, Arc::clone(&stop))?;
     let mut ng = NgServer::new(cfg.advertised_addresses.clone());
     tracing::info!(
         ng = %cfg.ng,
@@ -136,45 +177,47 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cdr = %cfg.cdr_db,
         "rtpedge running"
     );
-    let mut buf = vec![0u8; 65536];
+    let media_events = bridge.events().clone();
     while !stop.load(Ordering::Relaxed) {
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                let now = Timestamp::now();
-                if let Some(reply) = ng.handle(&mut engine, &buf[..n], from, now)
-                    && let Err(e) = sock.send_to(&reply, from)
-                {
-                    tracing::warn!(%from, error = %e, "sending ng reply");
+        // Sleep until the next input, bridge event or engine deadline: timers fire on time
+        // (a credit cut must stop media within milliseconds), not at a polling tick.
+        let wait = engine
+            .poll_timeout()
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()).min(MAX_WAIT));
+        crossbeam_channel::select! {
+            recv(inputs) -> input => match input {
+                Ok(Input::Ng { datagram, from }) => {
+                    let now = Timestamp::now();
+                    if let Some(reply) = ng.handle(&mut engine, &datagram, from, now)
+                        && let Err(e) = reply_sock.send_to(&reply, from)
+                    {
+                        tracing::warn!(%from, error = %e, "sending ng reply");
+                    }
                 }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => tracing::warn!(error = %e, "ng socket"),
+                Err(_) => break,
+            },
+            recv(media_events) -> ev => {
+                if let Ok(ev) = ev {
+                    engine.handle_media_event(Timestamp::now(), ev);
+                }
+            },
+            default(wait) => {}
         }
         let now = Timestamp::now();
-        while let Ok(ev) = bridge.events().try_recv() {
-            engine.handle_media_event(now, ev);
-        }
         if engine.poll_timeout().is_some_and(|t| t <= now.mono) {
             engine.handle_timeout(now);
         }
         ng.expire(now);
         drain(&mut engine, &writer);
     }
-    tracing::info!(
-        calls = engine.active_calls(),
-        "shutting down: ending every call"
-    );
+    tracing::info!(calls = engine.active_calls(), "shutting down: ending every call");
     engine.shutdown(Timestamp::now());
     drain(&mut engine, &writer);
     if !writer.flush(Duration::from_secs(10)) {
         tracing::error!("CDR writer did not finish within 10 s");
     }
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
     Ok(())
 }
 
