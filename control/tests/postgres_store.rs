@@ -141,6 +141,9 @@ fn cdr(call_id: &str) -> Cdr {
         jitter_ba_us: 0,
         dscp: Some(46),
         dropped_xdp: 0,
+        charge: None,
+        flags: Vec::new(),
+        services: Vec::new(),
     }
 }
 
@@ -160,8 +163,8 @@ fn postgres_store_write_ahead_restart_and_shared_migrations() {
     let mut a = PostgresStore::connect(&cluster.url()).expect("connect + migrate");
     // A second host starting against the same database migrates nothing twice.
     let mut b = PostgresStore::connect(&cluster.url()).expect("second host");
-    assert_eq!(a.schema_version().unwrap(), 1);
-    assert_eq!(b.schema_version().unwrap(), 1);
+    assert_eq!(a.schema_version().unwrap(), 2);
+    assert_eq!(b.schema_version().unwrap(), 2);
 
     let mut c = cdr("pg-1");
     a.upsert(&c).unwrap();
@@ -171,6 +174,8 @@ fn postgres_store_write_ahead_restart_and_shared_migrations() {
     c.packets_ab = 1500;
     c.lost_ab = 3;
     c.dropped_xdp = 12;
+    c.charge = Some(250);
+    c.flags = vec!["call-rate".into()];
     b.upsert(&c).unwrap();
     assert_eq!(a.by_call_id("pg-1").unwrap(), vec![c]);
 

@@ -100,7 +100,8 @@ fn spawn_ng_reader(
     tx: Sender<Input>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    sock.set_read_timeout(Some(MAX_WAIT)).context("ng socket timeout")?;
+    sock.set_read_timeout(Some(MAX_WAIT))
+        .context("ng socket timeout")?;
     std::thread::Builder::new()
         .name("rtpedge-ng".into())
         .spawn(move || {
@@ -131,7 +132,8 @@ fn spawn_ng_reader(
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
     let dp = dataplane(&cfg)?;
     let bridge = Arc::new(
@@ -146,7 +148,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("starting the media bridge")?,
     );
     let writer = CdrWriter::start(
-        store::open(&cfg.cdr_db).with_context(|| format!("opening the CDR database {}", cfg.cdr_db))?,
+        store::open(&cfg.cdr_db)
+            .with_context(|| format!("opening the CDR database {}", cfg.cdr_db))?,
         Timestamp::now().unix_ms,
     )
     .context("starting the CDR writer")?;
@@ -165,7 +168,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&bridge),
         dp,
     );
-    let sock = UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
+    let sock =
+        UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
     let reply_sock = sock.try_clone().context("ng socket")?;
     let (tx, inputs) = crossbeam_channel::unbounded();
     let reader = spawn_ng_reader(sock, tx, Arc::clone(&stop))?;
@@ -181,9 +185,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
         // Sleep until the next input, bridge event or engine deadline: timers fire on time
         // (a credit cut must stop media within milliseconds), not at a polling tick.
-        let wait = engine
-            .poll_timeout()
-            .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()).min(MAX_WAIT));
+        let wait = engine.poll_timeout().map_or(MAX_WAIT, |t| {
+            t.saturating_duration_since(Instant::now()).min(MAX_WAIT)
+        });
         crossbeam_channel::select! {
             recv(inputs) -> input => match input {
                 Ok(Input::Ng { datagram, from }) => {
@@ -210,7 +214,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ng.expire(now);
         drain(&mut engine, &writer);
     }
-    tracing::info!(calls = engine.active_calls(), "shutting down: ending every call");
+    tracing::info!(
+        calls = engine.active_calls(),
+        "shutting down: ending every call"
+    );
     engine.shutdown(Timestamp::now());
     drain(&mut engine, &writer);
     if !writer.flush(Duration::from_secs(10)) {

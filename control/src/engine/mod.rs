@@ -920,6 +920,9 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             jitter_ba_us: 0,
             dscp: call.pairs.iter().find_map(|p| p.dscp),
             dropped_xdp: 0,
+            charge: None,
+            flags: Vec::new(),
+            services: Vec::new(),
         };
         if let (Some(a), Some((e, _))) = (call.answered, call.ended) {
             cdr.duration_ms = (e.unix_ms - a.unix_ms).max(0);

@@ -315,4 +315,10 @@ pub struct Cdr {
     pub dscp: Option<u8>,
     /// Packets the XDP pinholes of the call dropped.
     pub dropped_xdp: u64,
+    /// What the call cost (minor currency units), when billed.
+    pub charge: Option<i64>,
+    /// Marks such as fraud-guard findings (`call-rate`, `media-after-bye`).
+    pub flags: Vec<String>,
+    /// Services inserted during the call (`qos-upgrade`, `add-party`, ...).
+    pub services: Vec<String>,
 }

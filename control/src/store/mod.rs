@@ -41,11 +41,13 @@ pub enum StoreError {
     Location(String),
 }
 
-/// Numbered schema migrations; each runs once, in order, in a transaction. SQL that both
-/// backends accept.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE cdrs (
+/// Numbered schema migrations of the CDR table; each runs once, in order, in a transaction.
+/// SQL that both backends accept. Versions 100 and up belong to the billing ledger, which
+/// shares the database and the `schema_migrations` table.
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE cdrs (
         id            BIGSERIAL_OR_INTEGER_PK,
         call_id       TEXT    NOT NULL,
         from_tag      TEXT    NOT NULL,
@@ -70,7 +72,14 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX cdrs_call_id ON cdrs (call_id);
     CREATE INDEX cdrs_open ON cdrs (end_at);",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE cdrs ADD COLUMN charge BIGINT;
+    ALTER TABLE cdrs ADD COLUMN flags TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cdrs ADD COLUMN services TEXT NOT NULL DEFAULT '';",
+    ),
+];
 
 /// Where CDRs go.
 pub trait CdrStore: Send {
@@ -95,7 +104,23 @@ pub fn open(location: &str) -> Result<Box<dyn CdrStore>, StoreError> {
 /// The columns in a fixed order, shared by both backends' statements.
 pub(crate) const COLUMNS: &str = "call_id, from_tag, to_tag, account, offer_at, answer_at, \
     end_at, end_reason, duration_ms, packets_ab, bytes_ab, packets_ba, bytes_ba, lost_ab, \
-    lost_ba, jitter_ab_us, jitter_ba_us, dscp, dropped_xdp";
+    lost_ba, jitter_ab_us, jitter_ba_us, dscp, dropped_xdp, charge, flags, services";
+
+/// Number of columns in [`COLUMNS`].
+pub(crate) const COLUMN_COUNT: usize = 22;
+
+/// A list column (`flags`, `services`) as stored: comma-separated, no spaces.
+pub(crate) fn join_list(items: &[String]) -> String {
+    items.join(",")
+}
+
+/// The inverse of [`join_list`].
+pub(crate) fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
 
 /// `SET col = excluded.col` for every column but the key.
 pub(crate) fn upsert_set_clause() -> String {

@@ -16,7 +16,7 @@ impl PostgresStore {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let mut client = Client::connect(url, NoTls)?;
         migrate(&mut client)?;
-        let placeholders = (1..=19)
+        let placeholders = (1..=super::COLUMN_COUNT)
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ");
@@ -31,7 +31,7 @@ impl PostgresStore {
     /// The schema version in effect.
     pub fn schema_version(&mut self) -> Result<i64, StoreError> {
         let row = self.client.query_one(
-            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations WHERE version < 100",
             &[],
         )?;
         Ok(row.get(0))
@@ -48,12 +48,12 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     tx.batch_execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")?;
     let current: i64 = tx
         .query_one(
-            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations WHERE version < 100",
             &[],
         )?
         .get(0);
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > known {
+    if current > known && current < 100 {
         return Err(StoreError::SchemaTooNew {
             found: current,
             known,
@@ -101,6 +101,9 @@ impl CdrStore for PostgresStore {
                 &to_i64(c.jitter_ba_us),
                 &dscp,
                 &to_i64(c.dropped_xdp),
+                &c.charge,
+                &super::join_list(&c.flags),
+                &super::join_list(&c.services),
             ],
         )?;
         Ok(())
@@ -149,6 +152,9 @@ impl CdrStore for PostgresStore {
                     .get::<_, Option<i32>>(17)
                     .and_then(|d| u8::try_from(d).ok()),
                 dropped_xdp: u(r.get(18)),
+                charge: r.get(19),
+                flags: super::split_list(r.get::<_, &str>(20)),
+                services: super::split_list(r.get::<_, &str>(21)),
             })
             .collect())
     }

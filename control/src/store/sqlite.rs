@@ -37,7 +37,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        let placeholders = (1..=19)
+        let placeholders = (1..=super::COLUMN_COUNT)
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
             .join(", ");
@@ -52,7 +52,7 @@ impl SqliteStore {
     /// The schema version in effect.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE version < 100",
             [],
             |r| r.get(0),
         )?)
@@ -65,12 +65,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )?;
     let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE version < 100",
         [],
         |r| r.get(0),
     )?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > known {
+    if current > known && current < 100 {
         return Err(StoreError::SchemaTooNew {
             found: current,
             known,
@@ -118,6 +118,9 @@ impl CdrStore for SqliteStore {
             to_i64(c.jitter_ba_us),
             c.dscp,
             to_i64(c.dropped_xdp),
+            c.charge,
+            super::join_list(&c.flags),
+            super::join_list(&c.services),
         ])?;
         Ok(())
     }
@@ -160,6 +163,9 @@ impl CdrStore for SqliteStore {
                 jitter_ba_us: u(16)?,
                 dscp: r.get(17)?,
                 dropped_xdp: u(18)?,
+                charge: r.get(19)?,
+                flags: super::split_list(&r.get::<_, String>(20)?),
+                services: super::split_list(&r.get::<_, String>(21)?),
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -207,6 +213,9 @@ mod tests {
             jitter_ba_us: 0,
             dscp: Some(46),
             dropped_xdp: 0,
+            charge: None,
+            flags: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -222,6 +231,9 @@ mod tests {
         c.packets_ab = 3000;
         c.bytes_ab = 516_000;
         c.lost_ba = -2;
+        c.charge = Some(150);
+        c.flags = vec!["media-after-bye".into()];
+        c.services = vec!["qos-upgrade".into(), "add-party".into()];
         s.upsert(&c).unwrap();
         assert_eq!(s.by_call_id("c1").unwrap(), vec![c], "one row, completed");
     }
@@ -263,11 +275,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let mut s = SqliteStore::open(&path).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 1);
+            assert_eq!(s.schema_version().unwrap(), 2);
             s.upsert(&sample("c1")).unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1, "migrations are not re-run");
+        assert_eq!(s.schema_version().unwrap(), 2, "migrations are not re-run");
         assert!(s.has_call("c1").unwrap());
         let conn = Connection::open(&path).unwrap();
         let cols: Vec<String> = conn
@@ -293,6 +305,9 @@ mod tests {
             "lost_ab",
             "lost_ba",
             "dropped_xdp",
+            "charge",
+            "flags",
+            "services",
         ] {
             assert!(cols.iter().any(|c| c == required), "column {required}");
         }
