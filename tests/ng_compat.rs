@@ -85,7 +85,15 @@ fn rtpedge(ng_port: u16, ports: (u16, u16)) -> Server {
             "--ports",
             &format!("{}-{}", ports.0, ports.1),
         ])
-        .args(["--no-xdp", "--workers", "1", "--delete-delay", "0"])
+        .args([
+            "--no-xdp",
+            "--workers",
+            "1",
+            "--delete-delay",
+            "0",
+            "--http",
+            "off",
+        ])
         .arg("--cdr-db")
         .arg(dir.join("cdr.sqlite"))
         .env("RUST_LOG", "error")

@@ -7,6 +7,7 @@
 //! - [`store`]: CDR storage (SQLite, PostgreSQL) behind a writer thread.
 //! - [`ngserver`]: the ng front end (requests → engine → rtpengine-shaped replies).
 //! - [`daemon`]: configuration and the daemon's control loop.
+pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod ng;

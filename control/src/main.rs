@@ -57,6 +57,14 @@ struct DaemonArgs {
         env = "RTPEDGE_NG"
     )]
     ng: Option<String>,
+    /// HTTP API (default 127.0.0.1:8080; `off` disables it).
+    #[arg(
+        long = "http",
+        id = "daemon_http",
+        value_name = "ADDR:PORT",
+        env = "RTPEDGE_HTTP"
+    )]
+    http: Option<String>,
     /// Address legs bind and SDP advertises (default 127.0.0.1).
     #[arg(
         long = "media-address",
@@ -172,6 +180,7 @@ impl DaemonArgs {
     fn overrides(&self) -> FileConfig {
         FileConfig {
             ng: self.ng.clone(),
+            http: self.http.clone(),
             media_address: self.media_address.clone(),
             advertised_address: self.advertised_address.clone(),
             ports: self.ports.clone(),

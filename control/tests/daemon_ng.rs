@@ -40,6 +40,7 @@ impl Daemon {
                 "1",
             ])
             .args(["--media-address", media])
+            .args(["--http", &format!("127.0.0.1:{}", ng_port + 10000)])
             .arg("--cdr-db")
             .arg(dir.join("cdr.sqlite"))
             .args(["--delete-delay", "1", "--media-timeout", "30"])
@@ -55,6 +56,10 @@ impl Daemon {
             assert!(Instant::now() < deadline, "daemon did not answer ping");
         }
         d
+    }
+
+    fn http(&self) -> SocketAddr {
+        SocketAddr::new(self.ng.ip(), self.ng.port() + 10000)
     }
 
     fn client(&self) -> NgClient {
@@ -197,12 +202,42 @@ fn call_through_the_daemon_with_cdr() {
     assert_eq!(a.get_str("in dialogue with"), Some("tag-b"));
     assert_eq!(ng.list(None).unwrap(), vec!["call-1".to_string()]);
 
+    // The HTTP API sees the live call.
+    let (status, body) = http_get(d.http(), "/v1/calls");
+    assert_eq!(status, 200, "{body}");
+    let calls: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(calls[0]["call_id"], "call-1");
+    assert_eq!(calls[0]["state"], "answered");
+    assert_eq!(calls[0]["packets"], 40);
+    let (status, body) = http_get(d.http(), "/v1/calls/call-1");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(d.http(), "/v1/calls/nope");
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""), "{body}");
+
     let del = ng.delete("call-1", Some("tag-a"), None, &[]).unwrap();
     assert!(del.get("totals").is_some(), "delete returns statistics");
     for seq in 30..40 {
         caller.send_to(&rtp(seq), to_caller).unwrap();
     }
     assert_eq!(recv_all(&callee), 0, "no media after delete");
+
+    // The CDR through the HTTP API (written by the CDR thread: poll briefly).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let cdrs = loop {
+        let (status, body) = http_get(d.http(), "/v1/cdrs?call_id=call-1");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v[0]["end_reason"] == "delete" || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(cdrs.as_array().map(Vec::len), Some(1));
+    assert_eq!(cdrs[0]["end_reason"], "delete");
+    assert_eq!(cdrs[0]["packets_ab"], 20);
+    let (status, body) = http_get(d.http(), "/v1/cdrs");
+    assert_eq!(status, 400, "call_id is required: {body}");
 
     // SIGTERM: graceful, exit 0; exactly one CDR, with what flowed.
     assert!(d.terminate().success());
@@ -353,4 +388,28 @@ fn dual_stack_call_from_ipv4_to_ipv6() {
     assert_eq!(recv_all(&callee), 10, "IPv4 caller → IPv6 callee");
     assert_eq!(recv_all(&caller), 10, "IPv6 callee → IPv4 caller");
     assert!(d.terminate().success());
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP API");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

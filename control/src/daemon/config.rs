@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub struct FileConfig {
     /// ng control socket, `ADDR:PORT`.
     pub ng: Option<String>,
+    /// HTTP API, `ADDR:PORT` (`off` disables it).
+    pub http: Option<String>,
     /// Address legs bind and SDP advertises.
     pub media_address: Option<String>,
     /// Address written into SDP instead, when the host is behind 1:1 NAT.
@@ -78,6 +80,8 @@ pub struct FileDscp {
 pub struct Config {
     /// ng control socket.
     pub ng: SocketAddr,
+    /// HTTP API socket (None: disabled).
+    pub http: Option<SocketAddr>,
     /// Media addresses (bound by legs): at most one IPv4 and one IPv6 (dual stack). A leg uses
     /// the one of its remote's family.
     pub media_addresses: Vec<IpAddr>,
@@ -166,6 +170,14 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
     let ng: SocketAddr = ng
         .parse()
         .map_err(|_| bad("ng", format!("{ng:?} is not ADDR:PORT")))?;
+    let http = match pick(file.http, over.http).as_deref() {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some("off") => None,
+        Some(h) => Some(
+            h.parse()
+                .map_err(|_| bad("http", format!("{h:?} is not ADDR:PORT or off")))?,
+        ),
+    };
     let media = pick(file.media_address, over.media_address).unwrap_or_else(|| "127.0.0.1".into());
     let media_addresses = address_list("media-address", &media)?;
     if media_addresses.iter().any(IpAddr::is_unspecified) {
@@ -212,6 +224,7 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
     let final_s = ot.final_.or(ft.final_).unwrap_or(0);
     Ok(Config {
         ng,
+        http,
         media_addresses,
         advertised_addresses,
         ports,

@@ -26,6 +26,7 @@ use rtpedge_bridge::{Bridge, BridgeConfig};
 use rtpedge_dataplane::{Dataplane, FakeDataplane, KernelDataplane, LoadOptions, PinLayout};
 
 use crate::{
+    api::{self, ApiAnswer, ApiCall, ApiRequest, ApiState},
     engine::{Engine, EngineConfig, EngineEvent, Timestamp},
     ngserver::NgServer,
     store::{self, writer::CdrWriter},
@@ -128,6 +129,39 @@ fn spawn_ng_reader(
         .context("starting the ng reader")
 }
 
+/// Starts the HTTP API on its own thread (a small tokio runtime), with its own CDR store
+/// connection for reports.
+fn spawn_api(
+    addr: SocketAddr,
+    cdr_db: &str,
+    to_control: Sender<ApiRequest>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let cdrs = store::open(cdr_db).with_context(|| format!("opening {cdr_db} for the HTTP API"))?;
+    let state = ApiState {
+        to_control,
+        cdrs: Arc::new(std::sync::Mutex::new(cdrs)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rtpedge-http")
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    // Bind now, so a taken port stops the daemon at start-up with a clear error.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("binding the HTTP API on {addr}"))?;
+    tracing::info!(%addr, "HTTP API listening");
+    std::thread::Builder::new()
+        .name("rtpedge-http".into())
+        .spawn(move || {
+            if let Err(e) = rt.block_on(api::serve_on(listener, state)) {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        })
+        .context("starting the HTTP API thread")
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -181,6 +215,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cdr = %cfg.cdr_db,
         "rtpedge running"
     );
+    let (api_tx, api_requests) = crossbeam_channel::unbounded::<ApiRequest>();
+    let _api = match cfg.http {
+        Some(addr) => Some(spawn_api(addr, &cfg.cdr_db, api_tx)?),
+        None => None,
+    };
     let media_events = bridge.events().clone();
     while !stop.load(Ordering::Relaxed) {
         // Sleep until the next input, bridge event or engine deadline: timers fire on time
@@ -199,6 +238,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                 }
                 Err(_) => break,
+            },
+            recv(api_requests) -> req => {
+                if let Ok(ApiRequest { call, reply }) = req {
+                    let answer = match call {
+                        ApiCall::ListCalls => ApiAnswer::Calls(engine.live_reports()),
+                        ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
+                    };
+                    let _ = reply.send(answer);
+                }
             },
             recv(media_events) -> ev => {
                 if let Ok(ev) = ev {

@@ -224,6 +224,18 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         v
     }
 
+    /// Reports of the calls that have not ended, by call-id.
+    pub fn live_reports(&self) -> Vec<CallReport> {
+        let mut v: Vec<CallReport> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state != State::Ended)
+            .filter_map(|(id, _)| self.report_of(id))
+            .collect();
+        v.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        v
+    }
+
     /// Calls that have not ended.
     pub fn active_calls(&self) -> usize {
         self.calls
