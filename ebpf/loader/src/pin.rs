@@ -113,6 +113,8 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
         path: root.to_path_buf(),
         reason,
     };
+    // Two first loads at once must not both mount: stacked bpffs mounts hide each other's pins.
+    let _lock = MountLock::acquire();
     let mut probe = root.to_path_buf();
     while !probe.exists() {
         if !probe.pop() {
@@ -145,6 +147,29 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
         tracing::info!(target = %target.display(), "mounted bpffs");
     }
     fs::create_dir_all(root).map_err(|e| err(format!("creating it: {e}")))
+}
+
+/// An exclusive advisory lock held while checking and mounting bpffs (released on drop).
+struct MountLock {
+    /// Held, never read: the lock lives as long as the open file.
+    _file: Option<fs::File>,
+}
+
+impl MountLock {
+    fn acquire() -> Self {
+        use std::os::fd::AsRawFd as _;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/rtpedge-bpffs.lock")
+            .ok();
+        if let Some(f) = &file {
+            // SAFETY: flock on a file descriptor we own; blocking until the other loader is done.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        }
+        MountLock { _file: file }
+    }
 }
 
 /// Inode of a process's mount namespace (`/proc/<pid>/ns/mnt`).
