@@ -29,6 +29,9 @@ const DELETE_NOT_FOUND: &str = "Call-ID not found or tags didn't match";
 /// The ng request handler.
 pub struct NgServer {
     cache: ReplyCache,
+    /// Requests answered, by command and result (`ok`, `pong`, `error`, `load limit`), and
+    /// retransmissions answered from the cache.
+    counts: std::collections::BTreeMap<(&'static str, String), u64>,
     /// Per family, the address written into SDP instead of the legs' own.
     advertised: Vec<IpAddr>,
 }
@@ -39,8 +42,14 @@ impl NgServer {
     pub fn new(advertised: Vec<IpAddr>) -> Self {
         Self {
             cache: ReplyCache::default(),
+            counts: std::collections::BTreeMap::new(),
             advertised,
         }
+    }
+
+    /// Requests answered so far, by (command, result).
+    pub fn counts(&self) -> impl Iterator<Item = (&(&'static str, String), &u64)> {
+        self.counts.iter()
     }
 
     /// Drops cached replies older than the cache's TTL.
@@ -60,17 +69,29 @@ impl NgServer {
         if let Ok((cookie, _)) = ng::split_cookie(datagram)
             && let Some(cached) = self.cache.get(cookie, now.mono)
         {
-            return Some(cached.to_vec());
+            let reply = cached.to_vec();
+            *self
+                .counts
+                .entry(("retransmission", "cached".into()))
+                .or_default() += 1;
+            return Some(reply);
         }
         let (cookie, bytes) = match ng::parse_request(datagram) {
             Ok(p) => {
                 let mut warnings = p.warnings;
+                let command = p.request.command().as_str();
                 let mut value = self.execute(engine, p.request, &mut warnings, now);
+                let result = value.get_str("result").unwrap_or("none").to_string();
+                *self.counts.entry((command, result)).or_default() += 1;
                 reply::add_warning(&mut value, warnings.to_text().as_deref());
                 let bytes = encode_reply(&p.cookie, &value, p.encoding.is_json());
                 (p.cookie, bytes)
             }
             Err(e) => {
+                *self
+                    .counts
+                    .entry(("malformed", "error".into()))
+                    .or_default() += 1;
                 tracing::debug!(%from, reason = %e.reason(), "malformed ng request");
                 let bytes = e.reply()?;
                 (e.cookie?, bytes)

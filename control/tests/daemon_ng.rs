@@ -238,6 +238,16 @@ fn call_through_the_daemon_with_cdr() {
     assert_eq!(cdrs[0]["packets_ab"], 20);
     let (status, body) = http_get(d.http(), "/v1/cdrs");
     assert_eq!(status, 400, "call_id is required: {body}");
+    let (status, body) = http_get(d.http(), "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("rtpedge_calls_ended_total{reason=\"delete\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("rtpedge_ng_requests_total{command=\"offer\",result=\"ok\"} 1"),
+        "{body}"
+    );
 
     // SIGTERM: graceful, exit 0; exactly one CDR, with what flowed.
     assert!(d.terminate().success());

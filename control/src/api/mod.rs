@@ -32,6 +32,8 @@ pub enum ApiCall {
     ListCalls,
     /// One call.
     GetCall(String),
+    /// The Prometheus exposition.
+    Metrics,
 }
 
 /// The control thread's answer.
@@ -41,6 +43,8 @@ pub enum ApiAnswer {
     Calls(Vec<CallReport>),
     /// One call, if known.
     Call(Option<CallReport>),
+    /// Prometheus text.
+    Metrics(String),
 }
 
 /// A request as it reaches the control thread, with where to answer.
@@ -124,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/calls", get(list_calls))
         .route("/v1/calls/{call_id}", get(get_call))
         .route("/v1/cdrs", get(list_cdrs))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }
@@ -219,6 +224,22 @@ async fn get_call(
     match s.ask(ApiCall::GetCall(call_id.clone())).await? {
         ApiAnswer::Call(Some(c)) => Ok(Json(call_json(&c))),
         ApiAnswer::Call(None) => Err(ApiError::not_found(format!("no call {call_id:?}"))),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    match s.ask(ApiCall::Metrics).await? {
+        ApiAnswer::Metrics(text) => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response()),
         other => Err(ApiError::unavailable(format!(
             "unexpected answer {other:?}"
         ))),

@@ -9,6 +9,7 @@
 //! before the process exits.
 
 pub mod config;
+pub mod metrics;
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -244,6 +245,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     let answer = match call {
                         ApiCall::ListCalls => ApiAnswer::Calls(engine.live_reports()),
                         ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
+                        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(&engine, &ng)),
                     };
                     let _ = reply.send(answer);
                 }

@@ -176,6 +176,20 @@ pub struct Engine<M: MediaPlane, D: Dataplane> {
     legs: HashMap<LegId, String>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     events: VecDeque<EngineEvent>,
+    stats: EngineStats,
+}
+
+/// Counters of the engine since start (for `/metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Calls created by an offer.
+    pub calls_created: u64,
+    /// Calls answered.
+    pub calls_answered: u64,
+    /// Offers refused because of the call limit.
+    pub load_limited: u64,
+    /// Calls ended, by reason.
+    pub ended: Vec<(EndReason, u64)>,
 }
 
 impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
@@ -189,7 +203,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             legs: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            stats: EngineStats::default(),
         }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 
     /// The media plane (tests inspect the fake).
@@ -267,6 +287,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         let new_call = !self.calls.contains_key(&req.call_id);
         if new_call {
             if self.active_calls() >= self.cfg.max_calls {
+                self.stats.load_limited += 1;
                 return Err(EngineError::LoadLimit);
             }
             self.calls.insert(
@@ -293,6 +314,8 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if result.is_err() && new_call {
             // Nothing of a refused new call may stay behind.
             self.discard(&req.call_id);
+        } else if new_call {
+            self.stats.calls_created += 1;
         }
         result
     }
@@ -583,6 +606,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if first_answer {
             call.state = State::Answered;
             call.answered = Some(now);
+            self.stats.calls_answered += 1;
         }
         let call_id = req.call_id.clone();
         let offerer = 1 - answerer;
@@ -723,6 +747,10 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             self.events.push_back(EngineEvent::CdrClosed(cdr));
         }
         self.schedule(release_at, call_id);
+        match self.stats.ended.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.stats.ended.push((reason, 1)),
+        }
         tracing::info!(call = call_id, %reason, "call ended");
         Ok(report)
     }
