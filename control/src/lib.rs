@@ -8,6 +8,8 @@
 //! - [`ngserver`]: the ng front end (requests → engine → rtpengine-shaped replies).
 //! - [`daemon`]: configuration and the daemon's control loop.
 pub mod api;
+pub mod billing;
+pub mod charging;
 pub mod daemon;
 pub mod engine;
 pub mod ng;
