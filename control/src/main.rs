@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use rtpedge::daemon::config::{self, FileConfig, FileDscp, FileTimeouts};
+use rtpedge::daemon::config::{self, FileBilling, FileConfig, FileDscp, FileTimeouts};
 
 #[derive(Parser)]
 #[command(
@@ -166,6 +166,14 @@ struct DaemonArgs {
         env = "RTPEDGE_FINAL_TIMEOUT"
     )]
     final_timeout: Option<u64>,
+    /// Billing account of calls whose offer names none (ng `account`).
+    #[arg(
+        long = "default-account",
+        id = "daemon_default_account",
+        value_name = "ID",
+        env = "RTPEDGE_DEFAULT_ACCOUNT"
+    )]
+    default_account: Option<String>,
     /// Seconds an ended call is kept before its ports are released.
     #[arg(
         long = "delete-delay",
@@ -199,6 +207,10 @@ impl DaemonArgs {
                 ..FileTimeouts::default()
             },
             dscp: FileDscp::default(),
+            billing: FileBilling {
+                default_account: self.default_account.clone(),
+                ..FileBilling::default()
+            },
         }
     }
 }

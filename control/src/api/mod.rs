@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::{
+    billing::{Account, AccountSpec, Tariff, TariffSpec},
     engine::{CallReport, Cdr},
     store::CdrStore,
 };
@@ -34,17 +35,31 @@ pub enum ApiCall {
     GetCall(String),
     /// The Prometheus exposition.
     Metrics,
+    /// Create or replace a tariff.
+    PutTariff(String, TariffSpec),
+    /// Create or update an account.
+    PutAccount(String, AccountSpec),
+    /// An account.
+    GetAccount(String),
+    /// Add credit.
+    Topup(String, i64),
+    /// Block an account (its calls are cut).
+    Block(String),
 }
 
 /// The control thread's answer.
 #[derive(Debug)]
 pub enum ApiAnswer {
-    /// Calls.
-    Calls(Vec<CallReport>),
+    /// Calls, with what each has reserved.
+    Calls(Vec<(CallReport, Option<i64>)>),
     /// One call, if known.
     Call(Option<CallReport>),
     /// Prometheus text.
     Metrics(String),
+    /// A tariff, or why not.
+    Tariff(Result<Tariff, (u16, String)>),
+    /// An account, or why not (HTTP status and detail).
+    Account(Result<Account, (u16, String)>),
 }
 
 /// A request as it reaches the control thread, with where to answer.
@@ -129,6 +144,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/calls/{call_id}", get(get_call))
         .route("/v1/cdrs", get(list_cdrs))
         .route("/metrics", get(metrics))
+        .route("/v1/tariffs/{id}", axum::routing::put(put_tariff))
+        .route(
+            "/v1/accounts/{id}",
+            axum::routing::put(put_account).get(get_account),
+        )
+        .route("/v1/accounts/{id}/topup", axum::routing::post(topup))
+        .route("/v1/accounts/{id}/block", axum::routing::post(block))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }
@@ -144,8 +166,8 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: ApiState) -> std
     axum::serve(listener, router(state)).await
 }
 
-/// The JSON of a live call.
-pub fn call_json(r: &CallReport) -> Value {
+/// The JSON of a live call (`reserved`: credit held for it right now).
+pub fn call_json(r: &CallReport, reserved: Option<i64>) -> Value {
     let (mut packets, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
     for m in &r.media {
         for s in [&m.from_a, &m.from_b] {
@@ -157,6 +179,8 @@ pub fn call_json(r: &CallReport) -> Value {
     json!({
         "call_id": r.call_id,
         "state": r.state,
+        "account": r.account,
+        "reserved": reserved,
         "from_tag": r.a_tag,
         "to_tag": r.b_tag,
         "created_ms": r.created_ms,
@@ -210,7 +234,9 @@ pub fn cdr_json(c: &Cdr) -> Value {
 
 async fn list_calls(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
     match s.ask(ApiCall::ListCalls).await? {
-        ApiAnswer::Calls(calls) => Ok(Json(Value::Array(calls.iter().map(call_json).collect()))),
+        ApiAnswer::Calls(calls) => Ok(Json(Value::Array(
+            calls.iter().map(|(c, r)| call_json(c, *r)).collect(),
+        ))),
         other => Err(ApiError::unavailable(format!(
             "unexpected answer {other:?}"
         ))),
@@ -222,7 +248,7 @@ async fn get_call(
     Path(call_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     match s.ask(ApiCall::GetCall(call_id.clone())).await? {
-        ApiAnswer::Call(Some(c)) => Ok(Json(call_json(&c))),
+        ApiAnswer::Call(Some(c)) => Ok(Json(call_json(&c, None))),
         ApiAnswer::Call(None) => Err(ApiError::not_found(format!("no call {call_id:?}"))),
         other => Err(ApiError::unavailable(format!(
             "unexpected answer {other:?}"
@@ -244,6 +270,105 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
             "unexpected answer {other:?}"
         ))),
     }
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({
+        "id": a.id,
+        "balance": a.balance.0,
+        "reserved": a.reserved.0,
+        "tariff": a.tariff,
+        "mode": a.mode.as_str(),
+        "blocked": a.blocked,
+        "tokens": a.tokens,
+    })
+}
+
+fn refused((status, detail): (u16, String)) -> ApiError {
+    ApiError {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        error: match status {
+            404 => "not found",
+            409 => "conflict",
+            503 => "unavailable",
+            _ => "bad request",
+        },
+        detail,
+    }
+}
+
+async fn account_answer(s: &ApiState, call: ApiCall) -> Result<Json<Value>, ApiError> {
+    match s.ask(call).await? {
+        ApiAnswer::Account(Ok(a)) => Ok(Json(account_json(&a))),
+        ApiAnswer::Account(Err(e)) => Err(refused(e)),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// A JSON body, with the parser's complaint as a 400 in the API's error shape.
+fn body<T: serde::de::DeserializeOwned>(
+    b: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+async fn put_tariff(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    spec: Result<Json<TariffSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec = body(spec)?;
+    match s.ask(ApiCall::PutTariff(id, spec)).await? {
+        ApiAnswer::Tariff(Ok(t)) => Ok(Json(json!({
+            "id": t.id,
+            "per_minute": t.per_minute.0,
+            "per_kilobyte": t.per_kilobyte.0,
+            "increment_s": t.increment_s,
+            "initial_increment_s": t.initial_increment_s,
+            "connection_fee": t.connection_fee.0,
+        }))),
+        ApiAnswer::Tariff(Err(e)) => Err(refused(e)),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+async fn put_account(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    spec: Result<Json<AccountSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec = body(spec)?;
+    account_answer(&s, ApiCall::PutAccount(id, spec)).await
+}
+
+async fn get_account(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    account_answer(&s, ApiCall::GetAccount(id)).await
+}
+
+#[derive(Deserialize)]
+struct Amount {
+    amount: i64,
+}
+
+async fn topup(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    amount: Result<Json<Amount>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let a = body(amount)?;
+    account_answer(&s, ApiCall::Topup(id, a.amount)).await
+}
+
+async fn block(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    account_answer(&s, ApiCall::Block(id)).await
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,22 @@ pub struct FileConfig {
     /// DSCP per media type.
     #[serde(default)]
     pub dscp: FileDscp,
+    /// Charging.
+    #[serde(default)]
+    pub billing: FileBilling,
+}
+
+/// `[billing]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBilling {
+    /// Account of calls whose offer names none (ng `account`); unset: such calls are free.
+    pub default_account: Option<String>,
+    /// Seconds of credit reserved per slice (default 30).
+    pub slice_seconds: Option<u32>,
+    /// When the billing backend is unreachable, keep calls up for this many seconds
+    /// (fail open); 0 or unset: end them when their current slice ends (fail closed).
+    pub fail_open_seconds: Option<u64>,
 }
 
 /// `[timeouts]` (seconds).
@@ -119,6 +135,12 @@ pub struct Config {
     pub dscp_audio: Option<u8>,
     /// DSCP of video.
     pub dscp_video: Option<u8>,
+    /// Default billing account.
+    pub default_account: Option<String>,
+    /// Credit slice length.
+    pub slice_seconds: u32,
+    /// Fail-open window when billing is unreachable (None: fail closed).
+    pub fail_open: Option<Duration>,
 }
 
 /// A configuration error, naming the setting.
@@ -245,6 +267,25 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
         learn_window: t(ft.learn_window, ot.learn_window, 3),
         dscp_audio: dscp("dscp.audio", file.dscp.audio, over.dscp.audio, 46)?,
         dscp_video: dscp("dscp.video", file.dscp.video, over.dscp.video, 34)?,
+        default_account: over
+            .billing
+            .default_account
+            .or(file.billing.default_account),
+        slice_seconds: match over
+            .billing
+            .slice_seconds
+            .or(file.billing.slice_seconds)
+            .unwrap_or(30)
+        {
+            0 => return Err(bad("billing.slice_seconds", "must be at least 1")),
+            s => s,
+        },
+        fail_open: over
+            .billing
+            .fail_open_seconds
+            .or(file.billing.fail_open_seconds)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
     })
 }
 

@@ -28,6 +28,11 @@ use rtpedge_dataplane::{Dataplane, FakeDataplane, KernelDataplane, LoadOptions, 
 
 use crate::{
     api::{self, ApiAnswer, ApiCall, ApiRequest, ApiState},
+    billing::{
+        Money,
+        credit::{CreditConfig, UnreachablePolicy},
+    },
+    charging::{Charging, ChargingConfig, ChargingError},
     engine::{Engine, EngineConfig, EngineEvent, Timestamp},
     ngserver::NgServer,
     store::{self, writer::CdrWriter},
@@ -95,6 +100,8 @@ enum Input {
 
 /// Longest the control thread sleeps without looking at the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// How often metered calls' byte counts are fed to credit control.
+const USAGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads ng datagrams into the control thread's input channel.
 fn spawn_ng_reader(
@@ -203,6 +210,24 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&bridge),
         dp,
     );
+    let ledger = crate::billing::ledger::open(&cfg.cdr_db)
+        .with_context(|| format!("opening the billing ledger in {}", cfg.cdr_db))?;
+    let mut charging = Charging::new(
+        ChargingConfig {
+            default_account: cfg.default_account.clone(),
+            credit: CreditConfig {
+                slice_seconds: cfg.slice_seconds,
+                unreachable: match cfg.fail_open {
+                    Some(max) => UnreachablePolicy::FailOpen { max },
+                    None => UnreachablePolicy::FailClosed,
+                },
+                ..CreditConfig::default()
+            },
+        },
+        ledger,
+    )
+    .map_err(|e| anyhow::anyhow!("billing configuration: {e}"))?;
+    let mut next_usage = Instant::now() + USAGE_EVERY;
     let sock =
         UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
     let reply_sock = sock.try_clone().context("ng socket")?;
@@ -225,7 +250,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
         // Sleep until the next input, bridge event or engine deadline: timers fire on time
         // (a credit cut must stop media within milliseconds), not at a polling tick.
-        let wait = engine.poll_timeout().map_or(MAX_WAIT, |t| {
+        let deadline = [
+            engine.poll_timeout(),
+            charging.poll_timeout(),
+            Some(next_usage),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let wait = deadline.map_or(MAX_WAIT, |t| {
             t.saturating_duration_since(Instant::now()).min(MAX_WAIT)
         });
         crossbeam_channel::select! {
@@ -242,12 +275,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             },
             recv(api_requests) -> req => {
                 if let Ok(ApiRequest { call, reply }) = req {
-                    let answer = match call {
-                        ApiCall::ListCalls => ApiAnswer::Calls(engine.live_reports()),
-                        ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
-                        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(&engine, &ng)),
-                    };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(answer_api(call, &engine, &mut charging, &ng));
                 }
             },
             recv(media_events) -> ev => {
@@ -261,15 +289,32 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         if engine.poll_timeout().is_some_and(|t| t <= now.mono) {
             engine.handle_timeout(now);
         }
+        if charging.poll_timeout().is_some_and(|t| t <= now.mono) {
+            charging.handle_timeout(now.mono);
+        }
+        if next_usage <= now.mono {
+            next_usage = now.mono + USAGE_EVERY;
+            let calls: Vec<String> = charging.metered_calls().map(str::to_string).collect();
+            for call in calls {
+                if let Ok(r) = engine.query(&call) {
+                    let bytes = r
+                        .media
+                        .iter()
+                        .map(|m| m.from_a.bytes + m.from_b.bytes)
+                        .sum();
+                    charging.on_usage(now.mono, &call, bytes);
+                }
+            }
+        }
         ng.expire(now);
-        drain(&mut engine, &writer);
+        drain(&mut engine, &mut charging, &writer);
     }
     tracing::info!(
         calls = engine.active_calls(),
         "shutting down: ending every call"
     );
     engine.shutdown(Timestamp::now());
-    drain(&mut engine, &writer);
+    drain(&mut engine, &mut charging, &writer);
     if !writer.flush(Duration::from_secs(10)) {
         tracing::error!("CDR writer did not finish within 10 s");
     }
@@ -278,13 +323,76 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Engine events through charging to the CDR writer; calls charging cut are ended (which
+/// produces more events), until nothing is left.
 fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
     engine: &mut Engine<M, D>,
+    charging: &mut Charging,
     writer: &CdrWriter,
 ) {
-    while let Some(ev) = engine.poll_event() {
-        match ev {
-            EngineEvent::CdrOpened(cdr) | EngineEvent::CdrClosed(cdr) => writer.write(cdr),
+    loop {
+        while let Some(ev) = engine.poll_event() {
+            match charging.on_engine_event(Instant::now(), ev) {
+                EngineEvent::CdrOpened(cdr) | EngineEvent::CdrClosed(cdr) => writer.write(cdr),
+            }
         }
+        let cuts = charging.take_cuts();
+        if cuts.is_empty() {
+            return;
+        }
+        let now = Timestamp::now();
+        for (call, reason) in cuts {
+            if let Err(e) = engine.end_call(now, &call, reason) {
+                tracing::warn!(call, error = %e, "ending a cut call");
+            }
+        }
+    }
+}
+
+/// Answers an HTTP API request from the state the control thread owns.
+fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
+    call: ApiCall,
+    engine: &Engine<M, D>,
+    charging: &mut Charging,
+    ng: &NgServer,
+) -> ApiAnswer {
+    let now = Instant::now();
+    let refusal = |e: ChargingError| -> (u16, String) {
+        let status = match &e {
+            ChargingError::Ledger(l)
+                if matches!(l.code(), "no-such-account" | "no-such-tariff") =>
+            {
+                404
+            }
+            ChargingError::Ledger(l) if l.is_client_error() => 409,
+            ChargingError::Tariff(_) => 400,
+            ChargingError::Ledger(_) => 503,
+        };
+        (status, e.to_string())
+    };
+    match call {
+        ApiCall::ListCalls => ApiAnswer::Calls(
+            engine
+                .live_reports()
+                .into_iter()
+                .map(|r| {
+                    let reserved = charging.reserved(&r.call_id, now).map(|m| m.0);
+                    (r, reserved)
+                })
+                .collect(),
+        ),
+        ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
+        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(engine, ng)),
+        ApiCall::PutTariff(id, spec) => {
+            ApiAnswer::Tariff(charging.put_tariff(&id, &spec).map_err(refusal))
+        }
+        ApiCall::PutAccount(id, spec) => {
+            ApiAnswer::Account(charging.put_account(&id, &spec).map_err(refusal))
+        }
+        ApiCall::GetAccount(id) => ApiAnswer::Account(charging.account(&id).map_err(refusal)),
+        ApiCall::Topup(id, amount) => {
+            ApiAnswer::Account(charging.topup(now, &id, Money(amount)).map_err(refusal))
+        }
+        ApiCall::Block(id) => ApiAnswer::Account(charging.block(now, &id).map_err(refusal)),
     }
 }

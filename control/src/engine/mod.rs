@@ -922,6 +922,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             last_signal_ms: call.last_signal.unix_ms,
             answered_ms: call.answered.map(|t| t.unix_ms),
             state: call.state_name(),
+            account: call.account.clone(),
             media: call
                 .pairs
                 .iter()

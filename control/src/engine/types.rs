@@ -269,6 +269,8 @@ pub struct CallReport {
     pub answered_ms: Option<i64>,
     /// `offered`, `answered` or `ended`.
     pub state: &'static str,
+    /// Billing account, when named.
+    pub account: Option<String>,
     /// Media sections.
     pub media: Vec<MediaReport>,
 }

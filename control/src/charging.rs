@@ -1,0 +1,531 @@
+//! Charging: credit control, the ledger and the fraud guard between the session engine and the
+//! daemon. The engine knows nothing of money; this layer watches its CDR events (a call is
+//! answered → a credit session opens; a call ends → the session closes and the CDR gets its
+//! charge) and tells the daemon which calls to cut, at the exact instant credit runs out.
+//!
+//! Sans-IO like the engine (time comes in; the ledger is the only storage), so the whole chain
+//! — engine, charging, an in-memory ledger — runs in virtual time in tests.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
+
+use crate::{
+    billing::{
+        Account, AccountSpec, Ledger, LedgerError, Money, Tariff, TariffSpec,
+        credit::{CreditConfig, CreditControl, CreditError, CreditEvent, OpenCall},
+        embedded,
+    },
+    engine::{EndReason, EngineEvent},
+};
+
+/// Charging settings.
+#[derive(Clone, Debug, Default)]
+pub struct ChargingConfig {
+    /// Account of calls that name none (ng `account`); None: such calls are not charged.
+    pub default_account: Option<String>,
+    /// Slices, renewal, unreachable policy.
+    pub credit: CreditConfig,
+}
+
+/// Errors of the operator operations (HTTP API).
+#[derive(Debug, thiserror::Error)]
+pub enum ChargingError {
+    /// The ledger refused or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The tariff is invalid.
+    #[error("invalid tariff: {0}")]
+    Tariff(String),
+}
+
+/// Credit control, ledger and their bookkeeping for the live calls.
+pub struct Charging {
+    credit: CreditControl,
+    ledger: Box<dyn Ledger>,
+    default_account: Option<String>,
+    /// Calls with an open credit session, and their accounts.
+    open: HashMap<String, String>,
+    /// Final charges of calls whose session closed before the engine ended them (a cut).
+    charges: HashMap<String, Money>,
+    /// Calls to end, with why.
+    cuts: Vec<(String, EndReason)>,
+    /// Calls charged but refused at answer (no such account, blocked): end them.
+    refused: HashSet<String>,
+}
+
+impl Charging {
+    /// A charging layer over `ledger`.
+    pub fn new(cfg: ChargingConfig, ledger: Box<dyn Ledger>) -> Result<Self, CreditError> {
+        Ok(Self {
+            credit: CreditControl::new(cfg.credit)?,
+            ledger,
+            default_account: cfg.default_account,
+            open: HashMap::new(),
+            charges: HashMap::new(),
+            cuts: Vec::new(),
+            refused: HashSet::new(),
+        })
+    }
+
+    /// The credit control (counters, sessions).
+    pub fn credit(&self) -> &CreditControl {
+        &self.credit
+    }
+
+    /// When [`Charging::handle_timeout`] must run next (a slice end is a cut deadline).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.credit.poll_timeout()
+    }
+
+    /// Timer expiries: renewals and cuts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.credit.handle_timeout(now);
+        self.serve(now);
+    }
+
+    /// Calls to end now (credit exhausted, account blocked), with their end reasons.
+    pub fn take_cuts(&mut self) -> Vec<(String, EndReason)> {
+        std::mem::take(&mut self.cuts)
+    }
+
+    /// Calls with a credit session (the daemon feeds their byte counts).
+    pub fn metered_calls(&self) -> impl Iterator<Item = &str> {
+        self.open.keys().map(String::as_str)
+    }
+
+    /// Bytes a call has carried so far (both directions), for volume tariffs and renewals.
+    pub fn on_usage(&mut self, now: Instant, call_id: &str, total_bytes: u64) {
+        self.credit.on_usage(now, call_id, total_bytes);
+        self.serve(now);
+    }
+
+    /// An engine event on its way to the CDR writer: opens or closes the call's credit session,
+    /// and fills the CDR's charge. Returns the event to write.
+    pub fn on_engine_event(&mut self, now: Instant, ev: EngineEvent) -> EngineEvent {
+        match ev {
+            EngineEvent::CdrOpened(cdr) => {
+                if let Some(account) = cdr.account.clone().or_else(|| self.default_account.clone())
+                {
+                    self.open_session(now, &cdr.call_id, &account);
+                }
+                EngineEvent::CdrOpened(cdr)
+            }
+            EngineEvent::CdrClosed(mut cdr) => {
+                let charge = if self.open.remove(&cdr.call_id).is_some() {
+                    let c = self.credit.end(now, &cdr.call_id);
+                    self.serve(now);
+                    c
+                } else {
+                    None
+                };
+                let charge = charge.or_else(|| self.charges.remove(&cdr.call_id));
+                self.refused.remove(&cdr.call_id);
+                if cdr.account.is_none() && charge.is_some() {
+                    cdr.account = self.default_account.clone();
+                }
+                cdr.charge = charge.map(|m| m.0);
+                EngineEvent::CdrClosed(cdr)
+            }
+        }
+    }
+
+    fn open_session(&mut self, now: Instant, call_id: &str, account: &str) {
+        let opened = self.ledger.account(account).and_then(|a| {
+            let tariff = self.ledger.tariff(&a.tariff)?;
+            Ok((a, tariff))
+        });
+        let (acct, tariff) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                // Media may flow only while it is paid for: an unknown account ends the call.
+                tracing::warn!(call = call_id, account, error = %e, "call cannot be charged; ending it");
+                self.refused.insert(call_id.to_string());
+                self.cuts
+                    .push((call_id.to_string(), EndReason::CreditExhausted));
+                return;
+            }
+        };
+        match self.credit.open(
+            now,
+            OpenCall {
+                call_id: call_id.to_string(),
+                account: account.to_string(),
+                tariff,
+                mode: acct.mode,
+            },
+        ) {
+            Ok(()) => {
+                self.open.insert(call_id.to_string(), account.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(call = call_id, account, error = %e, "credit session refused; ending the call");
+                let reason = if acct.blocked {
+                    EndReason::Operator
+                } else {
+                    EndReason::CreditExhausted
+                };
+                self.cuts.push((call_id.to_string(), reason));
+            }
+        }
+        self.serve(now);
+    }
+
+    /// Answers credit control's reservations from the ledger and settles its usage reports;
+    /// collects cuts and final charges.
+    fn serve(&mut self, now: Instant) {
+        let served = embedded::serve(&mut self.credit, self.ledger.as_mut(), now);
+        for ev in served.events {
+            match ev {
+                CreditEvent::Cut(c) => {
+                    tracing::info!(call = %c.call_id, account = %c.account, reason = %c.reason, "cutting the call");
+                    self.open.remove(&c.call_id);
+                    self.cuts.push((c.call_id, c.reason.end_reason()));
+                }
+                CreditEvent::Usage(u) if u.is_final => {
+                    self.open.remove(&u.call_id);
+                    self.charges.insert(u.call_id, u.charge);
+                }
+                _ => {}
+            }
+        }
+        for e in served.errors {
+            tracing::error!(error = ?e, "ledger operation failed");
+        }
+    }
+
+    /// Creates or replaces a tariff.
+    pub fn put_tariff(&mut self, id: &str, spec: &TariffSpec) -> Result<Tariff, ChargingError> {
+        let t = Tariff::from_spec(id, spec).map_err(|e| ChargingError::Tariff(e.to_string()))?;
+        self.ledger.put_tariff(&t)?;
+        Ok(t)
+    }
+
+    /// Creates or updates an account.
+    pub fn put_account(&mut self, id: &str, spec: &AccountSpec) -> Result<Account, ChargingError> {
+        Ok(self.ledger.put_account(id, spec)?)
+    }
+
+    /// An account as the ledger has it.
+    pub fn account(&mut self, id: &str) -> Result<Account, ChargingError> {
+        Ok(self.ledger.account(id)?)
+    }
+
+    /// Adds credit; calls of the account waiting for a slice ask again.
+    pub fn topup(
+        &mut self,
+        now: Instant,
+        id: &str,
+        amount: Money,
+    ) -> Result<Account, ChargingError> {
+        self.ledger.topup(id, amount)?;
+        self.credit.topup(now, id);
+        self.serve(now);
+        Ok(self.ledger.account(id)?)
+    }
+
+    /// Blocks an account: its calls are cut now, and no new call of it gets credit.
+    pub fn block(&mut self, now: Instant, id: &str) -> Result<Account, ChargingError> {
+        let a = self.ledger.block(id)?;
+        self.credit.block(now, id);
+        self.serve(now);
+        Ok(a)
+    }
+
+    /// What a call has reserved right now (for the live-call view).
+    pub fn reserved(&self, call_id: &str, now: Instant) -> Option<Money> {
+        self.credit.session(call_id, now).map(|s| s.reserved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use rtpedge_dataplane::{Counter, FakeDataplane, Verdict};
+
+    use super::*;
+    use crate::{
+        billing::{MemoryLedger, Mode},
+        engine::{
+            AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc,
+            OfferRequest, Timestamp,
+        },
+    };
+
+    fn audio(rtp: &str) -> MediaDesc {
+        MediaDesc {
+            kind: "audio".into(),
+            protocol: "RTP/AVP".into(),
+            rtp: rtp.parse().unwrap(),
+            rtcp: None,
+            rtcp_mux: false,
+            direction: Direction::SendRecv,
+            codec: None,
+        }
+    }
+
+    struct World {
+        engine: Engine<FakeMedia, FakeDataplane>,
+        charging: Charging,
+        now: Timestamp,
+        cdrs: Vec<crate::engine::Cdr>,
+    }
+
+    impl World {
+        /// 60/min (1 per second), 1 s increments, no fee, prepaid, 30 s slices.
+        fn new(balance: i64) -> Self {
+            let mut ledger = MemoryLedger::new();
+            let t = Tariff::from_spec(
+                "t1",
+                &TariffSpec {
+                    per_minute: 60,
+                    per_kilobyte: 0,
+                    increment_s: 1,
+                    initial_increment_s: None,
+                    connection_fee: 0,
+                },
+            )
+            .unwrap();
+            ledger.put_tariff(&t).unwrap();
+            ledger
+                .put_account(
+                    "acme",
+                    &AccountSpec {
+                        balance,
+                        tariff: "t1".into(),
+                        mode: Mode::Prepaid,
+                    },
+                )
+                .unwrap();
+            let charging = Charging::new(
+                ChargingConfig {
+                    default_account: None,
+                    credit: CreditConfig::default(),
+                },
+                Box::new(ledger),
+            )
+            .unwrap();
+            World {
+                engine: Engine::new(
+                    EngineConfig::default(),
+                    FakeMedia::new("203.0.113.1".parse().unwrap()),
+                    FakeDataplane::new(),
+                ),
+                charging,
+                now: Timestamp::now(),
+                cdrs: Vec::new(),
+            }
+        }
+
+        /// Offers and answers a call billed to `acme`; returns the caller-facing leg.
+        fn call(&mut self, id: &str) -> SocketAddr {
+            let flags = Flags {
+                account: Some("acme".into()),
+                ..Flags::default()
+            };
+            self.engine
+                .offer(
+                    self.now,
+                    OfferRequest {
+                        call_id: id.into(),
+                        from_tag: "f".into(),
+                        to_tag: None,
+                        media: vec![audio("192.0.2.10:4000")],
+                        flags,
+                    },
+                )
+                .unwrap();
+            let a = self
+                .engine
+                .answer(
+                    self.now,
+                    AnswerRequest {
+                        call_id: id.into(),
+                        from_tag: "f".into(),
+                        to_tag: "t".into(),
+                        media: vec![audio("198.51.100.20:5000")],
+                        flags: Flags::default(),
+                    },
+                )
+                .unwrap();
+            self.pump();
+            a[0].rtp
+        }
+
+        /// What the daemon's loop does: engine events through charging, cuts into the engine.
+        fn pump(&mut self) {
+            loop {
+                while let Some(ev) = self.engine.poll_event() {
+                    if let EngineEvent::CdrClosed(c) =
+                        self.charging.on_engine_event(self.now.mono, ev)
+                    {
+                        self.cdrs.push(c);
+                    }
+                }
+                let cuts = self.charging.take_cuts();
+                if cuts.is_empty() {
+                    break;
+                }
+                for (call, reason) in cuts {
+                    let _ = self.engine.end_call(self.now, &call, reason);
+                }
+            }
+        }
+
+        fn advance_to(&mut self, at: Instant) {
+            let d = at.saturating_duration_since(self.now.mono);
+            self.now = self.now.plus(d);
+            self.engine.dataplane_mut().advance(d);
+            if self
+                .charging
+                .poll_timeout()
+                .is_some_and(|t| t <= self.now.mono)
+            {
+                self.charging.handle_timeout(self.now.mono);
+            }
+            self.pump();
+        }
+
+        fn media_passes(&mut self, leg: SocketAddr) -> bool {
+            matches!(
+                self.engine
+                    .dataplane_mut()
+                    .deliver("192.0.2.10:4000".parse().unwrap(), leg, 214),
+                Verdict::Pass(_)
+            )
+        }
+    }
+
+    #[test]
+    fn media_stops_at_the_instant_credit_runs_out_and_the_cdr_carries_the_charge() {
+        // 45 units = 45 seconds of talk.
+        let mut w = World::new(45);
+        let answered = w.now.mono;
+        let leg = w.call("c1");
+        assert!(w.media_passes(leg));
+        // Follow the deadlines the charging layer announces, as the daemon does.
+        while let Some(t) = w.charging.poll_timeout() {
+            if w.engine.active_calls() == 0 || t > answered + Duration::from_secs(120) {
+                break;
+            }
+            w.advance_to(t);
+            if w.engine.active_calls() == 0 {
+                break;
+            }
+            assert!(w.media_passes(leg), "media flows while paid for");
+        }
+        assert_eq!(w.engine.active_calls(), 0, "the call was cut");
+        assert_eq!(
+            w.now.mono - answered,
+            Duration::from_secs(45),
+            "cut exactly when 45 s were used"
+        );
+        assert_eq!(
+            w.engine
+                .dataplane_mut()
+                .deliver("192.0.2.10:4000".parse().unwrap(), leg, 214),
+            Verdict::Drop(Counter::Closed),
+            "no media after the cut"
+        );
+        let cdr = &w.cdrs[0];
+        assert_eq!(cdr.end_reason, Some(EndReason::CreditExhausted));
+        assert_eq!(cdr.charge, Some(45));
+        assert_eq!(cdr.duration_ms, 45_000);
+        assert_eq!(w.charging.account("acme").unwrap().balance, Money(0));
+    }
+
+    #[test]
+    fn a_top_up_before_exhaustion_lets_the_call_continue() {
+        let mut w = World::new(40);
+        let answered = w.now.mono;
+        w.call("c1");
+        w.advance_to(answered + Duration::from_secs(25));
+        w.charging.topup(w.now.mono, "acme", Money(600)).unwrap();
+        w.pump();
+        // Step through every deadline up to two minutes, as the daemon's loop does.
+        while let Some(t) = w.charging.poll_timeout() {
+            if t > answered + Duration::from_secs(120) {
+                break;
+            }
+            w.advance_to(t);
+        }
+        w.advance_to(answered + Duration::from_secs(120));
+        assert_eq!(w.engine.active_calls(), 1, "still up at 2 minutes");
+        w.engine.delete(w.now, "c1").unwrap();
+        w.pump();
+        assert_eq!(w.cdrs[0].end_reason, Some(EndReason::Delete));
+        assert_eq!(w.cdrs[0].charge, Some(120));
+        assert_eq!(
+            w.charging.account("acme").unwrap().balance,
+            Money(640 - 120)
+        );
+    }
+
+    #[test]
+    fn a_top_up_after_a_partial_grant_extends_the_call() {
+        // 3 units buy 3 s of a 30 s slice; the top-up comes before the renewal point.
+        let mut w = World::new(3);
+        let answered = w.now.mono;
+        w.call("c1");
+        w.advance_to(answered + Duration::from_millis(1500));
+        w.charging.topup(w.now.mono, "acme", Money(100)).unwrap();
+        w.pump();
+        while let Some(t) = w.charging.poll_timeout() {
+            if t > answered + Duration::from_secs(10) {
+                break;
+            }
+            w.advance_to(t);
+        }
+        w.advance_to(answered + Duration::from_secs(10));
+        assert_eq!(w.engine.active_calls(), 1, "still up at 10 s: {:?}", w.cdrs);
+    }
+
+    #[test]
+    fn blocking_an_account_cuts_its_calls_at_once() {
+        let mut w = World::new(1000);
+        let leg = w.call("c1");
+        w.charging.block(w.now.mono, "acme").unwrap();
+        w.pump();
+        assert_eq!(w.engine.active_calls(), 0);
+        assert!(!w.media_passes(leg));
+        assert_eq!(w.cdrs[0].end_reason, Some(EndReason::Operator));
+    }
+
+    #[test]
+    fn an_unknown_account_is_not_given_media() {
+        let mut w = World::new(1000);
+        let flags = Flags {
+            account: Some("nobody".into()),
+            ..Flags::default()
+        };
+        w.engine
+            .offer(
+                w.now,
+                OfferRequest {
+                    call_id: "c9".into(),
+                    from_tag: "f".into(),
+                    to_tag: None,
+                    media: vec![audio("192.0.2.10:4000")],
+                    flags,
+                },
+            )
+            .unwrap();
+        w.engine
+            .answer(
+                w.now,
+                AnswerRequest {
+                    call_id: "c9".into(),
+                    from_tag: "f".into(),
+                    to_tag: "t".into(),
+                    media: vec![audio("198.51.100.20:5000")],
+                    flags: Flags::default(),
+                },
+            )
+            .unwrap();
+        w.pump();
+        assert_eq!(w.engine.active_calls(), 0);
+        assert_eq!(w.cdrs[0].end_reason, Some(EndReason::CreditExhausted));
+    }
+}
