@@ -8,16 +8,20 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     time::Instant,
 };
 
 use crate::{
     billing::{
         Account, AccountSpec, Ledger, LedgerError, Money, Tariff, TariffSpec,
+        auth::Verifier,
         credit::{CreditConfig, CreditControl, CreditError, CreditEvent, OpenCall},
         embedded,
+        fraud::{FraudConfig, FraudGuard, Verdict},
     },
-    engine::{EndReason, EngineEvent},
+    engine::{Cdr, EndReason, EngineEvent, Timestamp},
+    ngserver::Admission,
 };
 
 /// Charging settings.
@@ -27,6 +31,10 @@ pub struct ChargingConfig {
     pub default_account: Option<String>,
     /// Slices, renewal, unreachable policy.
     pub credit: CreditConfig,
+    /// Call-rate limits and media-after-BYE detection.
+    pub fraud: FraudConfig,
+    /// When set, an offer creating a call must carry a valid authorization token.
+    pub verifier: Option<Verifier>,
 }
 
 /// Errors of the operator operations (HTTP API).
@@ -38,6 +46,9 @@ pub enum ChargingError {
     /// The tariff is invalid.
     #[error("invalid tariff: {0}")]
     Tariff(String),
+    /// The configuration is invalid.
+    #[error("invalid billing configuration: {0}")]
+    Config(String),
 }
 
 /// Credit control, ledger and their bookkeeping for the live calls.
@@ -53,13 +64,24 @@ pub struct Charging {
     cuts: Vec<(String, EndReason)>,
     /// Calls charged but refused at answer (no such account, blocked): end them.
     refused: HashSet<String>,
+    fraud: FraudGuard,
+    verifier: Option<Verifier>,
+    /// Fraud-guard flags of live calls, and where they came from (for media after BYE).
+    flags: HashMap<String, (Vec<String>, Option<IpAddr>)>,
+    /// CDRs of ended calls until their release, to re-write them with late findings.
+    ended: HashMap<String, Cdr>,
 }
 
 impl Charging {
     /// A charging layer over `ledger`.
-    pub fn new(cfg: ChargingConfig, ledger: Box<dyn Ledger>) -> Result<Self, CreditError> {
+    pub fn new(cfg: ChargingConfig, ledger: Box<dyn Ledger>) -> Result<Self, ChargingError> {
         Ok(Self {
-            credit: CreditControl::new(cfg.credit)?,
+            fraud: FraudGuard::new(cfg.fraud).map_err(|e| ChargingError::Config(e.to_string()))?,
+            verifier: cfg.verifier,
+            flags: HashMap::new(),
+            ended: HashMap::new(),
+            credit: CreditControl::new(cfg.credit)
+                .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
             default_account: cfg.default_account,
             open: HashMap::new(),
@@ -102,15 +124,19 @@ impl Charging {
     }
 
     /// An engine event on its way to the CDR writer: opens or closes the call's credit session,
-    /// and fills the CDR's charge. Returns the event to write.
-    pub fn on_engine_event(&mut self, now: Instant, ev: EngineEvent) -> EngineEvent {
+    /// and fills the CDR's charge and flags. Returns the CDR row to write, if any (a release can
+    /// re-write an ended call's row with a late finding: media after BYE).
+    pub fn on_engine_event(&mut self, now: Instant, ev: EngineEvent) -> Option<Cdr> {
         match ev {
-            EngineEvent::CdrOpened(cdr) => {
+            EngineEvent::CdrOpened(mut cdr) => {
                 if let Some(account) = cdr.account.clone().or_else(|| self.default_account.clone())
                 {
                     self.open_session(now, &cdr.call_id, &account);
                 }
-                EngineEvent::CdrOpened(cdr)
+                if let Some((f, _)) = self.flags.get(&cdr.call_id) {
+                    cdr.flags = f.clone();
+                }
+                Some(cdr)
             }
             EngineEvent::CdrClosed(mut cdr) => {
                 let charge = if self.open.remove(&cdr.call_id).is_some() {
@@ -126,7 +152,39 @@ impl Charging {
                     cdr.account = self.default_account.clone();
                 }
                 cdr.charge = charge.map(|m| m.0);
-                EngineEvent::CdrClosed(cdr)
+                if let Some((f, _)) = self.flags.get(&cdr.call_id) {
+                    cdr.flags = f.clone();
+                }
+                self.ended.insert(cdr.call_id.clone(), cdr.clone());
+                Some(cdr)
+            }
+            EngineEvent::Released {
+                call_id,
+                packets_after_end,
+            } => {
+                let (mut flags, source) = self.flags.remove(&call_id).unwrap_or_default();
+                let mut cdr = self.ended.remove(&call_id)?;
+                let verdict = self.fraud.media_after_end(
+                    now,
+                    &call_id,
+                    source,
+                    cdr.account.as_deref(),
+                    packets_after_end,
+                );
+                let finding = match verdict {
+                    Verdict::Allow => return None,
+                    Verdict::Flag(f) | Verdict::Block(f) => f.as_str().to_string(),
+                };
+                tracing::warn!(
+                    call = call_id,
+                    packets_after_end,
+                    "media kept arriving after the call ended"
+                );
+                if !flags.contains(&finding) {
+                    flags.push(finding);
+                }
+                cdr.flags = flags;
+                Some(cdr)
             }
         }
     }
@@ -233,9 +291,46 @@ impl Charging {
         Ok(a)
     }
 
+    /// The fraud guard (blocks, counters).
+    pub fn fraud(&self) -> &FraudGuard {
+        &self.fraud
+    }
+
     /// What a call has reserved right now (for the live-call view).
     pub fn reserved(&self, call_id: &str, now: Instant) -> Option<Money> {
         self.credit.session(call_id, now).map(|s| s.reserved)
+    }
+}
+
+impl Admission for Charging {
+    fn admit(
+        &mut self,
+        now: Timestamp,
+        call_id: &str,
+        source: Option<IpAddr>,
+        account: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let mut account = account.map(str::to_string);
+        if let Some(v) = &self.verifier {
+            let token = token.ok_or("an authorization token (auth-token) is required")?;
+            let now_unix = u64::try_from(now.unix_ms / 1000).unwrap_or(0);
+            let claims = v
+                .verify_token(token, now_unix, account.as_deref(), None)
+                .map_err(|e| format!("authorization: {e}"))?;
+            account = Some(claims.account);
+        }
+        let mut flags = Vec::new();
+        match self
+            .fraud
+            .check_new_call(now.mono, source, account.as_deref())
+        {
+            Verdict::Allow => {}
+            Verdict::Flag(f) => flags.push(f.as_str().to_string()),
+            Verdict::Block(f) => return Err(format!("fraud guard: {}", f.as_str())),
+        }
+        self.flags.insert(call_id.to_string(), (flags, source));
+        Ok(account)
     }
 }
 
@@ -301,8 +396,11 @@ mod tests {
                 .unwrap();
             let charging = Charging::new(
                 ChargingConfig {
-                    default_account: None,
-                    credit: CreditConfig::default(),
+                    fraud: FraudConfig {
+                        call_rate: None,
+                        ..FraudConfig::default()
+                    },
+                    ..ChargingConfig::default()
                 },
                 Box::new(ledger),
             )
@@ -358,9 +456,10 @@ mod tests {
         fn pump(&mut self) {
             loop {
                 while let Some(ev) = self.engine.poll_event() {
-                    if let EngineEvent::CdrClosed(c) =
-                        self.charging.on_engine_event(self.now.mono, ev)
+                    if let Some(c) = self.charging.on_engine_event(self.now.mono, ev)
+                        && c.end_at.is_some()
                     {
+                        self.cdrs.retain(|x| x.call_id != c.call_id);
                         self.cdrs.push(c);
                     }
                 }
@@ -480,6 +579,91 @@ mod tests {
         }
         w.advance_to(answered + Duration::from_secs(10));
         assert_eq!(w.engine.active_calls(), 1, "still up at 10 s: {:?}", w.cdrs);
+    }
+
+    #[test]
+    fn admission_checks_tokens_and_the_call_rate() {
+        use crate::billing::{
+            auth::Signer,
+            fraud::{CallRateLimit, FraudAction},
+        };
+        let signer = Signer::from_seed([7u8; 32]);
+        let mut c = Charging::new(
+            ChargingConfig {
+                fraud: FraudConfig {
+                    call_rate: Some(CallRateLimit {
+                        calls: 1,
+                        per: Duration::from_secs(1),
+                        burst: 2,
+                    }),
+                    on_call_rate: FraudAction::Block,
+                    ..FraudConfig::default()
+                },
+                verifier: Some(Verifier::from_key_texts([signer.public_key_hex()]).unwrap()),
+                ..ChargingConfig::default()
+            },
+            Box::new(MemoryLedger::new()),
+        )
+        .unwrap();
+        let now = Timestamp::now();
+        let unix = u64::try_from(now.unix_ms / 1000).unwrap();
+        let src: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        assert!(
+            c.admit(now, "c0", src, None, None)
+                .unwrap_err()
+                .contains("token")
+        );
+        assert!(
+            c.admit(now, "c0", src, None, Some("garbage"))
+                .unwrap_err()
+                .contains("authorization")
+        );
+        let token = signer
+            .sign_token(&crate::billing::auth::TokenClaims {
+                account: "acme".into(),
+                services: vec![],
+                exp: unix + 60,
+                iat: unix,
+                nonce: "n1".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            c.admit(now, "c1", src, None, Some(&token)),
+            Ok(Some("acme".into()))
+        );
+        assert!(
+            c.admit(now, "c2", src, Some("other"), Some(&token))
+                .is_err(),
+            "token names another account"
+        );
+        // Burst of 2 per source and account: the third new call in the same instant is refused.
+        assert!(c.admit(now, "c3", src, None, Some(&token)).is_ok());
+        assert!(
+            c.admit(now, "c4", src, None, Some(&token))
+                .unwrap_err()
+                .contains("fraud guard")
+        );
+    }
+
+    #[test]
+    fn media_after_bye_rewrites_the_cdr_with_a_flag() {
+        let mut w = World::new(1000);
+        let leg = w.call("c1");
+        w.engine.delete(w.now, "c1").unwrap();
+        w.pump();
+        assert!(w.cdrs[0].flags.is_empty());
+        for _ in 0..60 {
+            w.engine
+                .dataplane_mut()
+                .deliver("192.0.2.10:4000".parse().unwrap(), leg, 214);
+        }
+        let later = w.now.mono + Duration::from_secs(31);
+        w.advance_to(later);
+        w.engine.handle_timeout(w.now);
+        w.pump();
+        assert_eq!(w.cdrs.len(), 1, "the same row, re-written");
+        assert_eq!(w.cdrs[0].flags, vec!["media-after-bye".to_string()]);
+        assert_eq!(w.cdrs[0].end_reason, Some(EndReason::Delete));
     }
 
     #[test]

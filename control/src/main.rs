@@ -211,6 +211,7 @@ impl DaemonArgs {
                 default_account: self.default_account.clone(),
                 ..FileBilling::default()
             },
+            ..FileConfig::default()
         }
     }
 }

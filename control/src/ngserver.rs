@@ -23,6 +23,37 @@ use crate::{
     },
 };
 
+/// Decides whether an offer may create a new call (fraud guard, authorization). Consulted
+/// only for new calls; re-offers of a call already admitted are not asked again.
+pub trait Admission {
+    /// `Ok(account)`: admitted, billed to `account` when it is `Some` (e.g. the account an
+    /// authorization token names); `Err(reason)`: refused, with the reason for the reply.
+    fn admit(
+        &mut self,
+        now: Timestamp,
+        call_id: &str,
+        source: Option<IpAddr>,
+        account: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Option<String>, String>;
+}
+
+/// Admits every call (no fraud guard, no authorization).
+pub struct AdmitAll;
+
+impl Admission for AdmitAll {
+    fn admit(
+        &mut self,
+        _: Timestamp,
+        _: &str,
+        _: Option<IpAddr>,
+        _: Option<&str>,
+        _: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+}
+
 /// What `delete` answers for a call it does not know (rtpengine's wording).
 const DELETE_NOT_FOUND: &str = "Call-ID not found or tags didn't match";
 
@@ -62,6 +93,7 @@ impl NgServer {
     pub fn handle<M: MediaPlane, D: Dataplane>(
         &mut self,
         engine: &mut Engine<M, D>,
+        admission: &mut dyn Admission,
         datagram: &[u8],
         from: SocketAddr,
         now: Timestamp,
@@ -80,7 +112,7 @@ impl NgServer {
             Ok(p) => {
                 let mut warnings = p.warnings;
                 let command = p.request.command().as_str();
-                let mut value = self.execute(engine, p.request, &mut warnings, now);
+                let mut value = self.execute(engine, admission, p.request, &mut warnings, now);
                 let result = value.get_str("result").unwrap_or("none").to_string();
                 *self.counts.entry((command, result)).or_default() += 1;
                 reply::add_warning(&mut value, warnings.to_text().as_deref());
@@ -104,6 +136,7 @@ impl NgServer {
     fn execute<M: MediaPlane, D: Dataplane>(
         &self,
         engine: &mut Engine<M, D>,
+        admission: &mut dyn Admission,
         request: Request,
         warnings: &mut Warnings,
         now: Timestamp,
@@ -112,7 +145,7 @@ impl NgServer {
             Request::Ping => reply::pong(),
             Request::Offer(o) => {
                 let supports_limit = o.options.supports_load_limit;
-                let result = self.offer(engine, o, warnings, now);
+                let result = self.offer(engine, admission, o, warnings, now);
                 into_reply(result, supports_limit)
             }
             Request::Answer(a) => {
@@ -150,6 +183,7 @@ impl NgServer {
     fn offer<M: MediaPlane, D: Dataplane>(
         &self,
         engine: &mut Engine<M, D>,
+        admission: &mut dyn Admission,
         o: ng::Offer,
         warnings: &mut Warnings,
         now: Timestamp,
@@ -157,7 +191,21 @@ impl NgServer {
         let sd =
             sdp::parse(&o.sdp).map_err(|e| Refusal::Error(format!("Failed to parse SDP: {e}")))?;
         let media = media_of(&sd, o.options.media_address)?;
-        let flags = flags_of(&o.options, warnings);
+        let mut flags = flags_of(&o.options, warnings);
+        if !engine.has_call(&o.call_id) {
+            let admitted = admission
+                .admit(
+                    now,
+                    &o.call_id,
+                    flags.received_from,
+                    flags.account.as_deref(),
+                    o.options.auth_token.as_deref(),
+                )
+                .map_err(|reason| Refusal::Error(format!("Call refused: {reason}")))?;
+            if flags.account.is_none() {
+                flags.account = admitted;
+            }
+        }
         let adverts = engine
             .offer(
                 now,

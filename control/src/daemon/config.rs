@@ -47,6 +47,36 @@ pub struct FileConfig {
     /// Charging.
     #[serde(default)]
     pub billing: FileBilling,
+    /// Fraud guard.
+    #[serde(default)]
+    pub fraud: FileFraud,
+    /// Call-setup authorization.
+    #[serde(default)]
+    pub auth: FileAuth,
+}
+
+/// `[fraud]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFraud {
+    /// New calls per second allowed per source address and per account (unset: no limit).
+    pub calls_per_second: Option<u32>,
+    /// Burst of new calls above the rate.
+    pub burst: Option<u32>,
+    /// `flag` (record it in the CDR) or `block` (refuse the offer and block the client).
+    pub action: Option<String>,
+    /// More packets than this after BYE flag the call (`media-after-bye`).
+    pub media_after_bye_packets: Option<u64>,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    /// Ed25519 public keys (hex or base64) of the authorization service. When set, an offer
+    /// creating a call must carry a valid token (ng `auth-token`).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
 }
 
 /// `[billing]`.
@@ -92,7 +122,7 @@ pub struct FileDscp {
 }
 
 /// Validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// ng control socket.
     pub ng: SocketAddr,
@@ -141,6 +171,10 @@ pub struct Config {
     pub slice_seconds: u32,
     /// Fail-open window when billing is unreachable (None: fail closed).
     pub fail_open: Option<Duration>,
+    /// Fraud guard.
+    pub fraud: crate::billing::fraud::FraudConfig,
+    /// Token verification for call setup (None: not required).
+    pub verifier: Option<crate::billing::auth::Verifier>,
 }
 
 /// A configuration error, naming the setting.
@@ -286,6 +320,46 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
             .or(file.billing.fail_open_seconds)
             .filter(|s| *s > 0)
             .map(Duration::from_secs),
+        fraud: fraud_config(&file.fraud)?,
+        verifier: if file.auth.public_keys.is_empty() {
+            None
+        } else {
+            Some(
+                crate::billing::auth::Verifier::from_key_texts(&file.auth.public_keys)
+                    .map_err(|e| bad("auth.public_keys", e.to_string()))?,
+            )
+        },
+    })
+}
+
+fn fraud_config(f: &FileFraud) -> Result<crate::billing::fraud::FraudConfig, ConfigError> {
+    use crate::billing::fraud::{CallRateLimit, FraudAction, FraudConfig};
+    let action = match f.action.as_deref() {
+        None | Some("flag") => FraudAction::Flag,
+        Some("block") => FraudAction::Block,
+        Some(other) => {
+            return Err(bad(
+                "fraud.action",
+                format!("{other:?}: expected flag or block"),
+            ));
+        }
+    };
+    let defaults = FraudConfig::default();
+    Ok(FraudConfig {
+        call_rate: match f.calls_per_second {
+            None => None,
+            Some(0) => return Err(bad("fraud.calls_per_second", "must be at least 1")),
+            Some(calls) => Some(CallRateLimit {
+                calls,
+                per: Duration::from_secs(1),
+                burst: f.burst.unwrap_or(calls.saturating_mul(2)),
+            }),
+        },
+        on_call_rate: action,
+        media_after_bye_packets: f
+            .media_after_bye_packets
+            .unwrap_or(defaults.media_after_bye_packets),
+        ..defaults
     })
 }
 

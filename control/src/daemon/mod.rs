@@ -33,7 +33,7 @@ use crate::{
         credit::{CreditConfig, UnreachablePolicy},
     },
     charging::{Charging, ChargingConfig, ChargingError},
-    engine::{Engine, EngineConfig, EngineEvent, Timestamp},
+    engine::{Engine, EngineConfig, Timestamp},
     ngserver::NgServer,
     store::{self, writer::CdrWriter},
 };
@@ -223,10 +223,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 },
                 ..CreditConfig::default()
             },
+            fraud: cfg.fraud.clone(),
+            verifier: cfg.verifier.clone(),
         },
         ledger,
     )
-    .map_err(|e| anyhow::anyhow!("billing configuration: {e}"))?;
+    .context("billing")?;
     let mut next_usage = Instant::now() + USAGE_EVERY;
     let sock =
         UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
@@ -265,7 +267,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             recv(inputs) -> input => match input {
                 Ok(Input::Ng { datagram, from }) => {
                     let now = Timestamp::now();
-                    if let Some(reply) = ng.handle(&mut engine, &datagram, from, now)
+                    if let Some(reply) = ng.handle(&mut engine, &mut charging, &datagram, from, now)
                         && let Err(e) = reply_sock.send_to(&reply, from)
                     {
                         tracing::warn!(%from, error = %e, "sending ng reply");
@@ -332,8 +334,8 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
 ) {
     loop {
         while let Some(ev) = engine.poll_event() {
-            match charging.on_engine_event(Instant::now(), ev) {
-                EngineEvent::CdrOpened(cdr) | EngineEvent::CdrClosed(cdr) => writer.write(cdr),
+            if let Some(cdr) = charging.on_engine_event(Instant::now(), ev) {
+                writer.write(cdr);
             }
         }
         let cuts = charging.take_cuts();
@@ -366,7 +368,7 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
             }
             ChargingError::Ledger(l) if l.is_client_error() => 409,
             ChargingError::Tariff(_) => 400,
-            ChargingError::Ledger(_) => 503,
+            ChargingError::Ledger(_) | ChargingError::Config(_) => 503,
         };
         (status, e.to_string())
     };

@@ -104,6 +104,13 @@ pub enum EngineEvent {
     CdrOpened(Cdr),
     /// A call ended: complete its CDR row.
     CdrClosed(Cdr),
+    /// An ended call's legs and pinholes were released (after the delete delay).
+    Released {
+        /// SIP Call-ID.
+        call_id: String,
+        /// Packets dropped at its closed pinholes since it ended (media after BYE).
+        packets_after_end: u64,
+    },
 }
 
 /// One side's leg of a media pair.
@@ -151,6 +158,8 @@ struct Call {
     tos: Option<u8>,
     /// Report frozen at the end (what `delete` and later `query` return).
     final_report: Option<CallReport>,
+    /// Packets dropped at the call's closed pinholes when it ended.
+    closed_drops_at_end: u64,
 }
 
 impl Call {
@@ -256,6 +265,26 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         v
     }
 
+    /// Whether the engine knows the call (including ended ones within their delete delay).
+    pub fn has_call(&self, call_id: &str) -> bool {
+        self.calls.contains_key(call_id)
+    }
+
+    /// Packets dropped at a call's pinholes because they were closed.
+    fn closed_drops(&self, call_id: &str) -> u64 {
+        let Some(call) = self.calls.get(call_id) else {
+            return 0;
+        };
+        call.pairs
+            .iter()
+            .flat_map(|p| p.sides.iter())
+            .filter(|s| s.pinholes)
+            .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
+            .filter_map(|local| self.dp.pinhole(local).ok().flatten())
+            .map(|p| p.counters.dropped_closed)
+            .sum()
+    }
+
     /// Calls that have not ended.
     pub fn active_calls(&self) -> usize {
         self.calls
@@ -306,6 +335,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     account: req.flags.account.clone(),
                     tos: req.flags.tos,
                     final_report: None,
+                    closed_drops_at_end: 0,
                 },
             );
             self.schedule(now.mono + self.cfg.offer_timeout, &req.call_id);
@@ -733,7 +763,9 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             self.disable_pair(call_id, i);
         }
         let release_at = now.mono + self.cfg.delete_delay;
+        let closed_drops = self.closed_drops(call_id);
         if let Some(call) = self.calls.get_mut(call_id) {
+            call.closed_drops_at_end = closed_drops;
             call.state = State::Ended;
             call.ended = Some((now, reason));
             call.release_at = Some(release_at);
@@ -858,9 +890,16 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
 
     /// Releases a call's legs and pinholes and forgets it.
     fn discard(&mut self, call_id: &str) {
+        let after_end = self.closed_drops(call_id);
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
+        if call.state == State::Ended {
+            self.events.push_back(EngineEvent::Released {
+                call_id: call_id.to_string(),
+                packets_after_end: after_end.saturating_sub(call.closed_drops_at_end),
+            });
+        }
         for pair in &call.pairs {
             if let Some(s) = pair.splice {
                 let _ = self.media.unsplice(s);

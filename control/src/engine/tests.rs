@@ -588,10 +588,19 @@ fn shutdown_ends_every_call_with_a_cdr() {
     t.events();
     t.e.shutdown(t.now);
     let ev = t.events();
-    assert_eq!(ev.len(), 2);
-    assert!(ev.iter().all(
-        |e| matches!(e, EngineEvent::CdrClosed(c) if c.end_reason == Some(EndReason::Shutdown))
-    ));
+    let closed = ev
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::CdrClosed(_)))
+        .count();
+    let released = ev
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Released { .. }))
+        .count();
+    assert_eq!((closed, released), (2, 2));
+    assert!(ev.iter().all(|e| match e {
+        EngineEvent::CdrClosed(c) => c.end_reason == Some(EndReason::Shutdown),
+        _ => true,
+    }));
     assert!(t.e.media().legs.is_empty());
     assert!(t.e.call_ids().is_empty());
 }
@@ -642,4 +651,25 @@ fn address_family_bridges_an_ipv4_caller_to_an_ipv6_callee() {
     );
     assert!(r.unwrap_err().to_string().contains("no IPv6 media address"));
     assert!(t.e.media().legs.is_empty());
+}
+
+#[test]
+fn release_reports_media_that_kept_arriving_after_the_end() {
+    let mut t = T::new();
+    let (a_leg, _) = t.call("c1");
+    t.deliver(CALLER, a_leg);
+    t.e.delete(t.now, "c1").unwrap();
+    for _ in 0..7 {
+        assert_eq!(t.deliver(CALLER, a_leg), Verdict::Drop(Counter::Closed));
+    }
+    t.events();
+    t.advance(Duration::from_secs(30));
+    t.e.handle_timeout(t.now);
+    assert_eq!(
+        t.events(),
+        vec![EngineEvent::Released {
+            call_id: "c1".into(),
+            packets_after_end: 7
+        }]
+    );
 }

@@ -329,6 +329,8 @@ pub struct Options {
     pub supports_load_limit: bool,
     /// `account` (rtpedge extension): the billing account this call is attributed to.
     pub account: Option<String>,
+    /// `auth-token` (rtpedge's): a signed authorization token for call setup.
+    pub auth_token: Option<String>,
     /// `label` / `from-label`.
     pub label: Option<String>,
     /// `to-label`.
@@ -844,6 +846,7 @@ impl Fields {
             }
             "received-from" => self.apply_received_from(raw_key, value)?,
             "account" => opts.account = Some(text_of(raw_key, value)?),
+            "auth-token" => opts.auth_token = Some(text_of(raw_key, value)?),
             "label" | "from-label" => opts.label = Some(text_of(raw_key, value)?),
             "to-label" => opts.to_label = Some(text_of(raw_key, value)?),
             "delete-delay" => {
