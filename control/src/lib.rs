@@ -9,6 +9,7 @@
 //! - [`daemon`]: configuration and the daemon's control loop.
 pub mod api;
 pub mod billing;
+pub mod channel;
 pub mod charging;
 pub mod daemon;
 pub mod engine;
