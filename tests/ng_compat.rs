@@ -54,11 +54,15 @@ fn rtpengine(ng_port: u16, ports: (u16, u16)) -> Server {
     let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
     let child = Command::new("rtpengine")
         .args([
+            // Only these flags: never the host's /etc/rtpengine/rtpengine.conf.
+            "--config-file=none",
             "--foreground",
             "--log-stderr",
             "--table=-1",
             "--interface=127.0.0.1",
             &format!("--listen-ng={ng}"),
+            // Its own CLI port: the default (2224) may belong to another rtpengine.
+            &format!("--listen-cli=127.0.0.1:{}", ng_port + 2),
             &format!("--port-min={}", ports.0),
             &format!("--port-max={}", ports.1),
             "--num-threads=1",
@@ -92,6 +96,8 @@ fn rtpedge(ng_port: u16, ports: (u16, u16)) -> Server {
             "--delete-delay",
             "0",
             "--http",
+            "off",
+            "--ws",
             "off",
         ])
         .arg("--cdr-db")

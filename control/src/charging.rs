@@ -35,6 +35,18 @@ pub struct ChargingConfig {
     pub fraud: FraudConfig,
     /// When set, an offer creating a call must carry a valid authorization token.
     pub verifier: Option<Verifier>,
+    /// Credit decisions come from an external billing system over the event channel
+    /// ([`Charging::take_outbox`]) instead of the embedded ledger.
+    pub external: bool,
+}
+
+/// What an external billing system must be told (sent over the event channel by the daemon).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BillingOut {
+    /// Ask for a slice (RESERVE); answer with [`Charging::on_grant`].
+    Reserve(crate::billing::credit::Reserve),
+    /// Report usage (USAGE), at each renewal and at the end.
+    Usage(crate::billing::credit::Usage),
 }
 
 /// Errors of the operator operations (HTTP API).
@@ -70,6 +82,8 @@ pub struct Charging {
     flags: HashMap<String, (Vec<String>, Option<IpAddr>)>,
     /// CDRs of ended calls until their release, to re-write them with late findings.
     ended: HashMap<String, Cdr>,
+    external: bool,
+    outbox: Vec<BillingOut>,
 }
 
 impl Charging {
@@ -80,6 +94,8 @@ impl Charging {
             verifier: cfg.verifier,
             flags: HashMap::new(),
             ended: HashMap::new(),
+            external: cfg.external,
+            outbox: Vec::new(),
             credit: CreditControl::new(cfg.credit)
                 .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
@@ -230,11 +246,29 @@ impl Charging {
         self.serve(now);
     }
 
-    /// Answers credit control's reservations from the ledger and settles its usage reports;
-    /// collects cuts and final charges.
+    /// Answers credit control's reservations from the ledger and settles its usage reports
+    /// (or, with an external billing system, queues them for it); collects cuts and final
+    /// charges.
     fn serve(&mut self, now: Instant) {
-        let served = embedded::serve(&mut self.credit, self.ledger.as_mut(), now);
-        for ev in served.events {
+        let events = if self.external {
+            let mut v = Vec::new();
+            while let Some(ev) = self.credit.poll_event() {
+                match &ev {
+                    CreditEvent::Reserve(r) => self.outbox.push(BillingOut::Reserve(r.clone())),
+                    CreditEvent::Usage(u) => self.outbox.push(BillingOut::Usage(u.clone())),
+                    CreditEvent::Cut(_) => {}
+                }
+                v.push(ev);
+            }
+            v
+        } else {
+            let served = embedded::serve(&mut self.credit, self.ledger.as_mut(), now);
+            for e in served.errors {
+                tracing::error!(error = ?e, "ledger operation failed");
+            }
+            served.events
+        };
+        for ev in events {
             match ev {
                 CreditEvent::Cut(c) => {
                     tracing::info!(call = %c.call_id, account = %c.account, reason = %c.reason, "cutting the call");
@@ -248,9 +282,65 @@ impl Charging {
                 _ => {}
             }
         }
-        for e in served.errors {
-            tracing::error!(error = ?e, "ledger operation failed");
-        }
+    }
+
+    /// Messages for the external billing system, in order.
+    pub fn take_outbox(&mut self) -> Vec<BillingOut> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The external billing system answered a RESERVE.
+    pub fn on_grant(
+        &mut self,
+        now: Instant,
+        request: crate::billing::credit::RequestId,
+        answer: crate::billing::credit::GrantAnswer,
+    ) {
+        self.credit.on_grant(now, request, answer);
+        self.serve(now);
+    }
+
+    /// A RESERVE got no answer (the session closed, the request was refused).
+    pub fn on_request_failed(&mut self, now: Instant, request: crate::billing::credit::RequestId) {
+        self.credit.on_request_failed(now, request);
+        self.serve(now);
+    }
+
+    /// Whether the external billing system is reachable (its unreachable policy applies
+    /// otherwise).
+    pub fn set_billing_connected(&mut self, now: Instant, connected: bool) {
+        self.credit.set_connected(now, connected);
+        self.serve(now);
+    }
+
+    /// The billing system says an account (or one call) has no credit left: cut now.
+    pub fn exhausted(
+        &mut self,
+        now: Instant,
+        account: Option<&str>,
+        call_id: Option<&str>,
+    ) -> usize {
+        let n = match (account, call_id) {
+            (_, Some(call)) => usize::from(self.credit.exhausted_call(now, call)),
+            (Some(acct), None) => self.credit.exhausted(now, acct),
+            (None, None) => 0,
+        };
+        self.serve(now);
+        n
+    }
+
+    /// The billing system topped an account up: waiting calls ask again.
+    pub fn external_topup(&mut self, now: Instant, account: &str) -> usize {
+        let n = self.credit.topup(now, account);
+        self.serve(now);
+        n
+    }
+
+    /// The billing system blocked an account: its calls are cut.
+    pub fn external_block(&mut self, now: Instant, account: &str) -> usize {
+        let n = self.credit.block(now, account);
+        self.serve(now);
+        n
     }
 
     /// Creates or replaces a tariff.

@@ -65,6 +65,22 @@ struct DaemonArgs {
         env = "RTPEDGE_HTTP"
     )]
     http: Option<String>,
+    /// Event channel, WebSocket subprotocol rtpedge.v1 (default 127.0.0.1:8081; `off`).
+    #[arg(
+        long = "ws",
+        id = "daemon_ws",
+        value_name = "ADDR:PORT",
+        env = "RTPEDGE_WS"
+    )]
+    ws: Option<String>,
+    /// Credit from the `embedded` ledger (default) or an `external` billing system.
+    #[arg(
+        long = "billing",
+        id = "daemon_billing",
+        value_name = "BACKEND",
+        env = "RTPEDGE_BILLING"
+    )]
+    billing: Option<String>,
     /// Address legs bind and SDP advertises (default 127.0.0.1).
     #[arg(
         long = "media-address",
@@ -189,6 +205,7 @@ impl DaemonArgs {
         FileConfig {
             ng: self.ng.clone(),
             http: self.http.clone(),
+            ws: self.ws.clone(),
             media_address: self.media_address.clone(),
             advertised_address: self.advertised_address.clone(),
             ports: self.ports.clone(),
@@ -209,6 +226,7 @@ impl DaemonArgs {
             dscp: FileDscp::default(),
             billing: FileBilling {
                 default_account: self.default_account.clone(),
+                backend: self.billing.clone(),
                 ..FileBilling::default()
             },
             ..FileConfig::default()

@@ -38,6 +38,7 @@ impl Daemon {
                 ports,
             ])
             .args(["--no-xdp", "--workers", "1", "--delete-delay", "1"])
+            .args(["--ws", &format!("127.0.0.1:{}", ng_port + 20000)])
             .arg("--cdr-db")
             .arg(dir.join("cdr.sqlite"))
             .env("RUST_LOG", "warn")

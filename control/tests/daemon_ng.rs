@@ -41,6 +41,7 @@ impl Daemon {
             ])
             .args(["--media-address", media])
             .args(["--http", &format!("127.0.0.1:{}", ng_port + 10000)])
+            .args(["--ws", &format!("127.0.0.1:{}", ng_port + 20000)])
             .arg("--cdr-db")
             .arg(dir.join("cdr.sqlite"))
             .args(["--delete-delay", "1", "--media-timeout", "30"])

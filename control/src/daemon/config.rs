@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub ng: Option<String>,
     /// HTTP API, `ADDR:PORT` (`off` disables it).
     pub http: Option<String>,
+    /// Event channel (WebSocket, subprotocol rtpedge.v1), `ADDR:PORT` (`off` disables it).
+    pub ws: Option<String>,
     /// Address legs bind and SDP advertises.
     pub media_address: Option<String>,
     /// Address written into SDP instead, when the host is behind 1:1 NAT.
@@ -90,6 +92,9 @@ pub struct FileBilling {
     /// When the billing backend is unreachable, keep calls up for this many seconds
     /// (fail open); 0 or unset: end them when their current slice ends (fail closed).
     pub fail_open_seconds: Option<u64>,
+    /// `embedded` (the ledger in the CDR database, default) or `external` (a billing system
+    /// connected to the event channel with role `billing` grants credit).
+    pub backend: Option<String>,
 }
 
 /// `[timeouts]` (seconds).
@@ -128,6 +133,10 @@ pub struct Config {
     pub ng: SocketAddr,
     /// HTTP API socket (None: disabled).
     pub http: Option<SocketAddr>,
+    /// Event channel socket (None: disabled).
+    pub ws: Option<SocketAddr>,
+    /// Credit decisions by an external billing system over the event channel.
+    pub external_billing: bool,
     /// Media addresses (bound by legs): at most one IPv4 and one IPv6 (dual stack). A leg uses
     /// the one of its remote's family.
     pub media_addresses: Vec<IpAddr>,
@@ -234,6 +243,35 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
                 .map_err(|_| bad("http", format!("{h:?} is not ADDR:PORT or off")))?,
         ),
     };
+    let ws = match pick(file.ws, over.ws).as_deref() {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+        Some("off") => None,
+        Some(w) => Some(
+            w.parse()
+                .map_err(|_| bad("ws", format!("{w:?} is not ADDR:PORT or off")))?,
+        ),
+    };
+    let external_billing = match over
+        .billing
+        .backend
+        .as_deref()
+        .or(file.billing.backend.as_deref())
+    {
+        None | Some("embedded") => false,
+        Some("external") => true,
+        Some(other) => {
+            return Err(bad(
+                "billing.backend",
+                format!("{other:?}: expected embedded or external"),
+            ));
+        }
+    };
+    if external_billing && ws.is_none() {
+        return Err(bad(
+            "billing.backend",
+            "external billing needs the event channel (ws)",
+        ));
+    }
     let media = pick(file.media_address, over.media_address).unwrap_or_else(|| "127.0.0.1".into());
     let media_addresses = address_list("media-address", &media)?;
     if media_addresses.iter().any(IpAddr::is_unspecified) {
@@ -281,6 +319,8 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
     Ok(Config {
         ng,
         http,
+        ws,
+        external_billing,
         media_addresses,
         advertised_addresses,
         ports,

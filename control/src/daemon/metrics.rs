@@ -11,7 +11,11 @@ use crate::{
 };
 
 /// Renders every metric.
-pub fn render<M: MediaPlane, D: Dataplane>(engine: &Engine<M, D>, ng: &NgServer) -> String {
+pub fn render<M: MediaPlane, D: Dataplane>(
+    engine: &Engine<M, D>,
+    ng: &NgServer,
+    charging: Option<&crate::charging::Charging>,
+) -> String {
     let mut out = String::new();
     let st = engine.stats();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
@@ -65,6 +69,40 @@ pub fn render<M: MediaPlane, D: Dataplane>(engine: &Engine<M, D>, ng: &NgServer)
         "ng requests answered, by command and result.",
         &ng_counts,
     );
+    if let Some(ch) = charging {
+        let c = ch.credit().counters();
+        metric(
+            "rtpedge_billing_connected",
+            "gauge",
+            "Whether the billing backend is reachable (1) or its unreachable policy applies (0).",
+            &[(String::new(), u64::from(ch.credit().is_connected()))],
+        );
+        metric(
+            "rtpedge_credit_sessions",
+            "gauge",
+            "Calls under credit control.",
+            &[(String::new(), ch.credit().len() as u64)],
+        );
+        metric(
+            "rtpedge_credit_cuts_total",
+            "counter",
+            "Calls cut by credit control, by reason.",
+            &[
+                (
+                    "{reason=\"credit-exhausted\"}".into(),
+                    c.cuts_credit_exhausted,
+                ),
+                (
+                    "{reason=\"account-blocked\"}".into(),
+                    c.cuts_account_blocked,
+                ),
+                (
+                    "{reason=\"billing-unavailable\"}".into(),
+                    c.cuts_billing_unavailable,
+                ),
+            ],
+        );
+    }
     if let Ok(c) = engine.dataplane().counters() {
         let verdicts: Vec<(String, u64)> = c
             .iter()
@@ -92,7 +130,7 @@ mod tests {
             FakeMedia::new("127.0.0.1".parse().unwrap()),
             rtpedge_dataplane::FakeDataplane::new(),
         );
-        let text = render(&e, &NgServer::new(Vec::new()));
+        let text = render(&e, &NgServer::new(Vec::new()), None);
         assert!(text.contains("# TYPE rtpedge_calls_active gauge\nrtpedge_calls_active 0\n"));
         assert!(text.contains("rtpedge_xdp_packets_total{verdict=\"no_pinhole\"} 0"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

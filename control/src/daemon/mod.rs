@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 
 use std::{
+    collections::HashMap,
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
@@ -28,11 +29,15 @@ use rtpedge_dataplane::{Dataplane, FakeDataplane, KernelDataplane, LoadOptions, 
 
 use crate::{
     api::{self, ApiAnswer, ApiCall, ApiRequest, ApiState},
+    billing::credit::{DenyReason, GrantAnswer, Granted, RequestId},
     billing::{
         Money,
         credit::{CreditConfig, UnreachablePolicy},
     },
-    charging::{Charging, ChargingConfig, ChargingError},
+    channel::{
+        Body, ChannelHub, ChannelServer, HubEvent, Incoming, ServerConfig, SessionId, Target,
+    },
+    charging::{BillingOut, Charging, ChargingConfig, ChargingError},
     engine::{Engine, EngineConfig, Timestamp},
     ngserver::NgServer,
     store::{self, writer::CdrWriter},
@@ -225,11 +230,33 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             },
             fraud: cfg.fraud.clone(),
             verifier: cfg.verifier.clone(),
+            external: cfg.external_billing,
         },
         ledger,
     )
     .context("billing")?;
     let mut next_usage = Instant::now() + USAGE_EVERY;
+    // The event channel: call events for subscribers, and the external billing system.
+    let channel = match cfg.ws {
+        Some(bind) => Some(
+            ChannelServer::start(ServerConfig {
+                bind,
+                ..ServerConfig::default()
+            })
+            .with_context(|| format!("starting the event channel on {bind}"))?,
+        ),
+        None => None,
+    };
+    let hub = channel.as_ref().map(ChannelServer::hub);
+    let hub_events = match &channel {
+        Some(c) => c.events(),
+        None => crossbeam_channel::never(),
+    };
+    if cfg.external_billing {
+        // Until a billing system connects, its unreachable policy applies.
+        charging.set_billing_connected(Instant::now(), false);
+    }
+    let mut pending: HashMap<(SessionId, u64), RequestId> = HashMap::new();
     let sock =
         UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
     let reply_sock = sock.try_clone().context("ng socket")?;
@@ -280,6 +307,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     let _ = reply.send(answer_api(call, &engine, &mut charging, &ng));
                 }
             },
+            recv(hub_events) -> ev => {
+                if let (Ok(ev), Some(hub)) = (ev, hub.as_ref()) {
+                    on_hub_event(ev, hub, &mut charging, &mut pending);
+                }
+            },
             recv(media_events) -> ev => {
                 if let Ok(ev) = ev {
                     engine.handle_media_event(Timestamp::now(), ev);
@@ -309,14 +341,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
         ng.expire(now);
-        drain(&mut engine, &mut charging, &writer);
+        drain(&mut engine, &mut charging, &writer, hub.as_ref());
+        if let Some(hub) = &hub {
+            dispatch_billing(&mut charging, hub, &mut pending);
+        }
     }
     tracing::info!(
         calls = engine.active_calls(),
         "shutting down: ending every call"
     );
     engine.shutdown(Timestamp::now());
-    drain(&mut engine, &mut charging, &writer);
+    drain(&mut engine, &mut charging, &writer, hub.as_ref());
+    if let Some(hub) = &hub {
+        dispatch_billing(&mut charging, hub, &mut pending);
+    }
+    if let Some(c) = channel {
+        c.shutdown();
+    }
     if !writer.flush(Duration::from_secs(10)) {
         tracing::error!("CDR writer did not finish within 10 s");
     }
@@ -331,10 +372,28 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
     engine: &mut Engine<M, D>,
     charging: &mut Charging,
     writer: &CdrWriter,
+    hub: Option<&ChannelHub>,
 ) {
     loop {
         while let Some(ev) = engine.poll_event() {
             if let Some(cdr) = charging.on_engine_event(Instant::now(), ev) {
+                if let Some(hub) = hub {
+                    let event = if cdr.end_at.is_some() {
+                        "ended"
+                    } else {
+                        "answered"
+                    };
+                    hub.publish(Body::new(
+                        "call",
+                        "NOTIFY",
+                        serde_json::json!({
+                            "event": event,
+                            "call_id": cdr.call_id,
+                            "end_reason": cdr.end_reason.map(|r| r.as_str()),
+                            "cdr": api::cdr_json(&cdr),
+                        }),
+                    ));
+                }
                 writer.write(cdr);
             }
         }
@@ -349,6 +408,149 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
             }
         }
     }
+}
+
+/// Sends what charging has for the external billing system: RESERVE requests (their answers
+/// come back as hub responses) and USAGE messages.
+fn dispatch_billing(
+    charging: &mut Charging,
+    hub: &ChannelHub,
+    pending: &mut HashMap<(SessionId, u64), RequestId>,
+) {
+    for out in charging.take_outbox() {
+        let now = Instant::now();
+        match out {
+            BillingOut::Reserve(r) => {
+                let id = r.request_id;
+                let body = Body::new(
+                    "billing",
+                    "RESERVE",
+                    serde_json::to_value(&r).unwrap_or_default(),
+                );
+                match hub.request(&Target::Billing, body) {
+                    Ok(req) => {
+                        pending.insert((req.session, req.seq), id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(call = %r.call_id, error = %e, "RESERVE not sent");
+                        charging.on_request_failed(now, id);
+                    }
+                }
+            }
+            BillingOut::Usage(u) => {
+                let body = Body::new(
+                    "billing",
+                    "USAGE",
+                    serde_json::to_value(&u).unwrap_or_default(),
+                );
+                if let Err(e) = hub.message(&Target::Billing, body) {
+                    tracing::warn!(call = %u.call_id, error = %e, "USAGE not sent");
+                }
+            }
+        }
+    }
+}
+
+/// Reacts to the event channel: the billing system coming and going, its answers to
+/// RESERVE, and what it pushes (EXHAUSTED, TOPUP, BLOCK).
+fn on_hub_event(
+    ev: HubEvent,
+    hub: &ChannelHub,
+    charging: &mut Charging,
+    pending: &mut HashMap<(SessionId, u64), RequestId>,
+) {
+    let now = Instant::now();
+    match ev {
+        HubEvent::Connected { role, session, .. } => {
+            if role.as_deref() == Some("billing") {
+                tracing::info!(%session, "billing system connected");
+                charging.set_billing_connected(now, true);
+            }
+        }
+        HubEvent::Disconnected { session, .. } | HubEvent::Closed { session, .. } => {
+            let lost: Vec<(SessionId, u64)> = pending
+                .keys()
+                .filter(|(s, _)| *s == session)
+                .cloned()
+                .collect();
+            let closed = !hub.billing_connected();
+            for k in lost {
+                if let Some(id) = pending.remove(&k) {
+                    charging.on_request_failed(now, id);
+                }
+            }
+            if closed {
+                charging.set_billing_connected(now, false);
+            }
+        }
+        HubEvent::Response { request, body } => {
+            let Some(id) = pending.remove(&(request.session, request.seq)) else {
+                return;
+            };
+            let p = &body.payload;
+            let answer = match body.action.as_str() {
+                "GRANT" => GrantAnswer::Granted(Granted {
+                    seconds: p["seconds"].as_u64().unwrap_or(0),
+                    bytes: p["bytes"].as_u64().unwrap_or(0),
+                    amount: Money(p["amount"].as_i64().unwrap_or(0)),
+                }),
+                _ => GrantAnswer::Denied(DenyReason::Rejected(
+                    body.reason.clone().unwrap_or_else(|| body.action.clone()),
+                )),
+            };
+            charging.on_grant(now, id, answer);
+        }
+        HubEvent::RequestFailed { request, .. } => {
+            if let Some(id) = pending.remove(&(request.session, request.seq)) {
+                charging.on_request_failed(now, id);
+            }
+        }
+        HubEvent::Request(inc) => on_billing_push(inc, true, hub, charging, now),
+        HubEvent::Message(inc) => on_billing_push(inc, false, hub, charging, now),
+        HubEvent::PeerError {
+            session,
+            code,
+            reason,
+            ..
+        } => {
+            tracing::warn!(%session, code, reason, "event channel peer error");
+        }
+    }
+}
+
+/// What a billing system pushes: EXHAUSTED (`account` or `call_id`), TOPUP and BLOCK
+/// (`account`). Requests are answered with the number of calls affected.
+fn on_billing_push(
+    inc: Incoming,
+    is_request: bool,
+    hub: &ChannelHub,
+    charging: &mut Charging,
+    now: Instant,
+) {
+    let p = &inc.body.payload;
+    let account = p["account"].as_str();
+    let call = p["call_id"].as_str();
+    let result = match (inc.body.package.as_str(), inc.body.action.as_str()) {
+        ("billing", "EXHAUSTED") => Some(charging.exhausted(now, account, call)),
+        ("billing", "TOPUP") => account.map(|a| charging.external_topup(now, a)),
+        ("billing", "BLOCK") => account.map(|a| charging.external_block(now, a)),
+        _ => None,
+    };
+    if !is_request {
+        return;
+    }
+    let req = inc.request_ref();
+    let _ = match result {
+        Some(calls) => hub.respond(
+            &req,
+            Body::new(
+                inc.body.package.clone(),
+                inc.body.action.clone(),
+                serde_json::json!({ "calls": calls }),
+            ),
+        ),
+        None => hub.respond_error(&req, 501, "unknown package/action, or account missing"),
+    };
 }
 
 /// Answers an HTTP API request from the state the control thread owns.
@@ -384,7 +586,7 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
                 .collect(),
         ),
         ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
-        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(engine, ng)),
+        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(engine, ng, Some(charging))),
         ApiCall::PutTariff(id, spec) => {
             ApiAnswer::Tariff(charging.put_tariff(&id, &spec).map_err(refusal))
         }
