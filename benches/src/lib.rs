@@ -7,12 +7,17 @@
 //! - `rtpedge-blast` (binary): a packet blaster (`send`) and a counting receiver (`recv`) built
 //!   on the two, used by `benches/xdp-bench` (XDP drop and pass rates against a no-program
 //!   baseline, on veth between network namespaces) and by `scripts/demo`.
+//! - [`load`]: the load generator behind `rtpedge-load` (binary): calls set up over the ng
+//!   protocol on any relay (rtpedge, rtpengine) or directly on an in-process bridge, real RTP
+//!   through them at a paced rate, loss, reordering and latency percentiles, the relay's CPU
+//!   per packet, a search for the highest loss-free rate, and an ng signaling benchmark.
+//!   `benches/relay-compare` runs it against rtpedge and rtpengine and prints the comparison.
 //!
-//! The XDP benchmark is a script because it needs root and namespaces; criterion benchmarks
-//! and `rtpedge-load` come with the bridge.
+//! The XDP benchmark is a script because it needs root and namespaces.
 
 #![deny(missing_docs)]
 
+pub mod load;
 pub mod mmsg;
 pub mod rtp;
 
@@ -32,6 +37,27 @@ pub enum Error {
     /// A size or count outside what the sender or receiver supports.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// An ng request failed.
+    #[error("{what}: {source}")]
+    Ng {
+        /// The request, with the call.
+        what: String,
+        /// What the client saw.
+        #[source]
+        source: rtpedge::ng::ClientError,
+    },
+    /// The relay answered, but not usably (e.g. no media address in its SDP).
+    #[error("{0}")]
+    Relay(String),
+    /// The in-process bridge refused an operation.
+    #[error("{what}: {source}")]
+    Bridge {
+        /// The operation.
+        what: String,
+        /// What the bridge said.
+        #[source]
+        source: rtpedge_bridge::BridgeError,
+    },
 }
 
 impl Error {

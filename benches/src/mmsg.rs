@@ -4,9 +4,15 @@
 //! construction; the raw pointers the system calls need are written into the headers right
 //! before each call, so the structs can be moved freely between calls.
 
-use std::{io, mem, net::SocketAddr, os::fd::AsRawFd as _, ptr, time::Duration};
+use std::{
+    io, mem,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd as _, RawFd},
+    ptr,
+    time::Duration,
+};
 
-use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockRef, Socket, Type};
 
 use crate::{
     Error,
@@ -19,7 +25,7 @@ pub const MAX_BATCH: usize = 1024;
 pub const MAX_PAYLOAD: usize = 8972;
 /// Receive buffer per datagram; longer datagrams are counted with their full length but
 /// truncated in the buffer.
-const RECV_SLOT: usize = 2048;
+pub const RECV_SLOT: usize = 2048;
 /// Control-message space per datagram (one `IP_TOS` or `IPV6_TCLASS` message fits easily).
 const CMSG_SPACE: usize = 64;
 /// SSRC of the generated stream ("RTPE").
@@ -42,14 +48,81 @@ fn check_batch(batch: usize) -> Result<(), Error> {
     }
 }
 
+/// Preallocated `sendmmsg` state for any socket: `batch` slots of `slot_len` bytes, each sent as
+/// one datagram. The caller fills the slots ([`MmsgTx::slot_mut`]) and sends the first `n` of
+/// them from a connected socket ([`MmsgTx::send`]).
+pub struct MmsgTx {
+    slot_len: usize,
+    bufs: Vec<u8>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl MmsgTx {
+    /// `batch` slots of `slot_len` bytes (1 to [`MAX_PAYLOAD`]).
+    pub fn new(batch: usize, slot_len: usize) -> Result<Self, Error> {
+        check_batch(batch)?;
+        if !(1..=MAX_PAYLOAD).contains(&slot_len) {
+            return Err(Error::Invalid(format!(
+                "slot of {slot_len} bytes: must be 1 to {MAX_PAYLOAD}"
+            )));
+        }
+        Ok(Self {
+            slot_len,
+            bufs: vec![0; slot_len * batch],
+            iovs: vec![zeroed(); batch],
+            msgs: vec![zeroed(); batch],
+        })
+    }
+
+    /// Number of slots: the largest number of datagrams one call sends.
+    pub fn batch(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Slot `i` (below [`MmsgTx::batch`]), to be filled before [`MmsgTx::send`].
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        let len = self.slot_len;
+        &mut self.bufs[i * len..(i + 1) * len]
+    }
+
+    /// Sends the first `n` slots (at most [`MmsgTx::batch`]), each `len` bytes long (at most the
+    /// slot length), in one `sendmmsg` call on the connected socket `fd`. Returns how many the
+    /// kernel took.
+    pub fn send(&mut self, fd: RawFd, n: usize, len: usize) -> io::Result<usize> {
+        let n = n.min(self.msgs.len());
+        let len = len.min(self.slot_len);
+        for (buf, (iov, msg)) in self
+            .bufs
+            .chunks_exact_mut(self.slot_len)
+            .zip(self.iovs.iter_mut().zip(self.msgs.iter_mut()))
+            .take(n)
+        {
+            *iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: len,
+            };
+            msg.msg_hdr.msg_iov = iov;
+            msg.msg_hdr.msg_iovlen = 1;
+            msg.msg_len = 0;
+        }
+        // SAFETY: the first `n` headers point at one iovec each, which points at `len` bytes
+        // (at most a slot) of `bufs`; all of them live (unmoved, unaliased) for the duration of
+        // the call. Names and control buffers are null with zero length (connected socket).
+        let sent = unsafe { libc::sendmmsg(fd, self.msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+}
+
 /// Sends RTP-shaped datagrams of one size from one socket to one destination, a batch per
 /// `sendmmsg` call.
 pub struct BatchSender {
     socket: Socket,
     payload_len: usize,
-    bufs: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
+    tx: MmsgTx,
     rtp: RtpStream,
 }
 
@@ -90,16 +163,14 @@ impl BatchSender {
         Ok(Self {
             socket,
             payload_len,
-            bufs: vec![0; payload_len * batch],
-            iovs: vec![zeroed(); batch],
-            msgs: vec![zeroed(); batch],
+            tx: MmsgTx::new(batch, payload_len)?,
             rtp: RtpStream::new(SSRC, 160),
         })
     }
 
     /// The largest number of datagrams one call sends.
     pub fn batch(&self) -> usize {
-        self.msgs.len()
+        self.tx.batch()
     }
 
     /// The local address the socket is bound to.
@@ -110,40 +181,12 @@ impl BatchSender {
     /// Sends up to `n` datagrams (at most [`BatchSender::batch`]) in one `sendmmsg` call and
     /// returns how many the kernel took. The RTP sequence advances by that number.
     pub fn send_batch(&mut self, n: usize) -> io::Result<usize> {
-        let n = n.min(self.msgs.len());
-        let len = self.payload_len;
-        for (i, (buf, (iov, msg))) in self
-            .bufs
-            .chunks_exact_mut(len)
-            .zip(self.iovs.iter_mut().zip(self.msgs.iter_mut()))
-            .take(n)
-            .enumerate()
-        {
+        let n = n.min(self.tx.batch());
+        for i in 0..n {
             // `i < batch <= MAX_BATCH`, so it fits a u16.
-            self.rtp.fill(buf, i as u16);
-            *iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: len,
-            };
-            msg.msg_hdr.msg_iov = iov;
-            msg.msg_hdr.msg_iovlen = 1;
-            msg.msg_len = 0;
+            self.rtp.fill(self.tx.slot_mut(i), i as u16);
         }
-        // SAFETY: the first `n` headers point at one iovec each, which points at `len` bytes
-        // of `bufs`; all of them live (unmoved, unaliased) for the duration of the call. Names
-        // and control buffers are null with zero length (the socket is connected).
-        let sent = unsafe {
-            libc::sendmmsg(
-                self.socket.as_raw_fd(),
-                self.msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sent = sent as usize;
+        let sent = self.tx.send(self.socket.as_raw_fd(), n, self.payload_len)?;
         self.rtp.advance(sent as u16);
         Ok(sent)
     }
@@ -176,10 +219,9 @@ pub struct Datagram {
     pub tos: Option<u8>,
 }
 
-/// Receives datagrams on one bound socket, a batch per `recvmmsg` call; optionally with each
-/// datagram's source address and TOS byte (`IP_RECVTOS` / `IPV6_RECVTCLASS`).
-pub struct BatchReceiver {
-    socket: Socket,
+/// Preallocated `recvmmsg` state for any socket: `batch` receive slots of [`RECV_SLOT`] bytes,
+/// optionally with each datagram's source address and control messages.
+pub struct MmsgRx {
     detailed: bool,
     bufs: Vec<u8>,
     iovs: Vec<libc::iovec>,
@@ -188,34 +230,11 @@ pub struct BatchReceiver {
     ctrl: Vec<CmsgBuf>,
 }
 
-impl BatchReceiver {
-    /// A UDP socket bound to `addr`, receiving up to `batch` datagrams per call and waiting at
-    /// most `timeout` for the first. `detailed` also records sources and TOS bytes.
-    pub fn bind(
-        addr: SocketAddr,
-        batch: usize,
-        detailed: bool,
-        timeout: Duration,
-    ) -> Result<Self, Error> {
+impl MmsgRx {
+    /// `batch` slots; `detailed` also records sources and control messages (TOS).
+    pub fn new(batch: usize, detailed: bool) -> Result<Self, Error> {
         check_batch(batch)?;
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-            .map_err(Error::io("creating a UDP socket"))?;
-        socket
-            .set_read_timeout(Some(timeout))
-            .map_err(Error::io("setting the receive timeout"))?;
-        if detailed {
-            if addr.is_ipv4() {
-                socket.set_recv_tos_v4(true)
-            } else {
-                socket.set_recv_tclass_v6(true)
-            }
-            .map_err(Error::io("asking for the TOS byte of received packets"))?;
-        }
-        socket
-            .bind(&addr.into())
-            .map_err(Error::io(format!("binding {addr}")))?;
         Ok(Self {
-            socket,
             detailed,
             bufs: vec![0; RECV_SLOT * batch],
             iovs: vec![zeroed(); batch],
@@ -225,38 +244,14 @@ impl BatchReceiver {
         })
     }
 
-    /// Asks for a receive buffer of `bytes` (with `SO_RCVBUFFORCE` when privileged, which
-    /// ignores `net.core.rmem_max`, else `SO_RCVBUF`) and returns the size the kernel set.
-    pub fn set_recv_buffer(&self, bytes: usize) -> Result<usize, Error> {
-        let val = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
-        // SAFETY: a c_int option value of the right size, on a socket we own.
-        let forced = unsafe {
-            libc::setsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                ptr::from_ref(&val).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        } == 0;
-        if !forced {
-            self.socket
-                .set_recv_buffer_size(bytes)
-                .map_err(Error::io("setting the receive buffer size"))?;
-        }
-        self.socket
-            .recv_buffer_size()
-            .map_err(Error::io("reading the receive buffer size"))
+    /// Number of slots.
+    pub fn batch(&self) -> usize {
+        self.msgs.len()
     }
 
-    /// The local address the socket is bound to.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.socket.local_addr().ok().and_then(|a| a.as_socket())
-    }
-
-    /// Waits up to the timeout for a datagram, then takes whatever else is queued, up to a
-    /// batch. Returns the number received; 0 when the timeout passed or a signal came.
-    pub fn recv_batch(&mut self) -> io::Result<usize> {
+    /// One `recvmmsg` call on `fd` with `flags` (e.g. `MSG_DONTWAIT`, `MSG_WAITFORONE`).
+    /// Returns the number received; 0 when nothing was waiting (`EAGAIN`) or a signal came.
+    pub fn recv(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for (i, ((buf, iov), msg)) in self
             .bufs
             .chunks_exact_mut(RECV_SLOT)
@@ -285,10 +280,10 @@ impl BatchReceiver {
         // the capacities given; all live, unmoved and unaliased for the duration of the call.
         let got = unsafe {
             libc::recvmmsg(
-                self.socket.as_raw_fd(),
+                fd,
                 self.msgs.as_mut_ptr(),
                 self.msgs.len() as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                flags,
                 ptr::null_mut(),
             )
         };
@@ -302,12 +297,20 @@ impl BatchReceiver {
         Ok(got as usize)
     }
 
-    /// Payload length of datagram `i` of the last batch.
+    /// Payload length of datagram `i` of the last batch (the full length, even if truncated).
     pub fn len(&self, i: usize) -> usize {
         self.msgs.get(i).map_or(0, |m| m.msg_len as usize)
     }
 
-    /// Datagram `i` of the last batch (`i` below what [`BatchReceiver::recv_batch`] returned).
+    /// The bytes of datagram `i` of the last batch that fit its slot.
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let len = self.len(i).min(RECV_SLOT);
+        self.bufs
+            .get(i * RECV_SLOT..i * RECV_SLOT + len)
+            .unwrap_or_default()
+    }
+
+    /// Datagram `i` of the last batch.
     pub fn datagram(&self, i: usize) -> Datagram {
         let len = self.len(i);
         let (source, tos) = match (self.detailed, self.msgs.get(i)) {
@@ -327,6 +330,94 @@ impl BatchReceiver {
         let addr = unsafe { SockAddr::new(storage, namelen) };
         addr.as_socket()
     }
+}
+
+/// Receives datagrams on one bound socket, a batch per `recvmmsg` call; optionally with each
+/// datagram's source address and TOS byte (`IP_RECVTOS` / `IPV6_RECVTCLASS`).
+pub struct BatchReceiver {
+    socket: Socket,
+    rx: MmsgRx,
+}
+
+impl BatchReceiver {
+    /// A UDP socket bound to `addr`, receiving up to `batch` datagrams per call and waiting at
+    /// most `timeout` for the first. `detailed` also records sources and TOS bytes.
+    pub fn bind(
+        addr: SocketAddr,
+        batch: usize,
+        detailed: bool,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let rx = MmsgRx::new(batch, detailed)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(Error::io("creating a UDP socket"))?;
+        socket
+            .set_read_timeout(Some(timeout))
+            .map_err(Error::io("setting the receive timeout"))?;
+        if detailed {
+            if addr.is_ipv4() {
+                socket.set_recv_tos_v4(true)
+            } else {
+                socket.set_recv_tclass_v6(true)
+            }
+            .map_err(Error::io("asking for the TOS byte of received packets"))?;
+        }
+        socket
+            .bind(&addr.into())
+            .map_err(Error::io(format!("binding {addr}")))?;
+        Ok(Self { socket, rx })
+    }
+
+    /// Asks for a receive buffer of `bytes` (with `SO_RCVBUFFORCE` when privileged, which
+    /// ignores `net.core.rmem_max`, else `SO_RCVBUF`) and returns the size the kernel set.
+    pub fn set_recv_buffer(&self, bytes: usize) -> Result<usize, Error> {
+        set_recv_buffer(&self.socket, bytes)
+    }
+
+    /// The local address the socket is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok().and_then(|a| a.as_socket())
+    }
+
+    /// Waits up to the timeout for a datagram, then takes whatever else is queued, up to a
+    /// batch. Returns the number received; 0 when the timeout passed or a signal came.
+    pub fn recv_batch(&mut self) -> io::Result<usize> {
+        self.rx.recv(self.socket.as_raw_fd(), libc::MSG_WAITFORONE)
+    }
+
+    /// Payload length of datagram `i` of the last batch.
+    pub fn len(&self, i: usize) -> usize {
+        self.rx.len(i)
+    }
+
+    /// Datagram `i` of the last batch (`i` below what [`BatchReceiver::recv_batch`] returned).
+    pub fn datagram(&self, i: usize) -> Datagram {
+        self.rx.datagram(i)
+    }
+}
+
+/// Asks for a receive buffer of `bytes` on any socket (with `SO_RCVBUFFORCE` when privileged,
+/// which ignores `net.core.rmem_max`, else `SO_RCVBUF`) and returns the size the kernel set
+/// (twice what was asked: the kernel counts its bookkeeping too).
+pub fn set_recv_buffer(socket: impl AsFd, bytes: usize) -> Result<usize, Error> {
+    let sock = SockRef::from(&socket);
+    let val = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a c_int option value of the right size, on a valid socket.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            ptr::from_ref(&val).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        sock.set_recv_buffer_size(bytes)
+            .map_err(Error::io("setting the receive buffer size"))?;
+    }
+    sock.recv_buffer_size()
+        .map_err(Error::io("reading the receive buffer size"))
 }
 
 /// The `IP_TOS` or `IPV6_TCLASS` control message of a received datagram.
