@@ -2,11 +2,7 @@
 //! (Unix socket only), as in `postgres_store.rs`. Needs the Debian `postgresql` package and
 //! root; fails under `CI` if either is missing, skips loudly elsewhere.
 
-use std::{
-    path::PathBuf,
-    process::Command,
-    sync::{Arc, Barrier},
-};
+use std::sync::{Arc, Barrier};
 
 use rtpedge::{
     billing::{
@@ -15,111 +11,13 @@ use rtpedge::{
     store::PostgresStore,
 };
 
+#[path = "support/pg.rs"]
+mod pg;
+
+use pg::Cluster;
+
 fn skip_or_fail(why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("ledger_postgres: {why} (CI must provide it: scripts/setup installs postgresql)");
-    }
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n*** SKIPPED ledger_postgres: {why} ***\n"
-    );
-}
-
-fn pg_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop()
-}
-
-/// A PostgreSQL cluster in a temporary directory, stopped and removed on drop.
-struct Cluster {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn start(bin: PathBuf) -> Self {
-        let dir = std::env::temp_dir().join(format!("rtpedge-pg-ledger-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Another range than postgres_store.rs, so both tests can run at once.
-        let port = 30_000 + (std::process::id() % 10_000) as u16;
-        let as_pg = |args: &[&str]| {
-            let out = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .output()
-                .expect("runuser");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        Command::new("chown")
-            .args(["postgres:postgres", dir.to_str().unwrap()])
-            .status()
-            .unwrap();
-        let data = dir.join("data");
-        let initdb = bin.join("initdb");
-        as_pg(&[
-            initdb.to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-        ]);
-        let pg_ctl = bin.join("pg_ctl");
-        let opts = format!("-p {port} -k {} -c listen_addresses=''", dir.display());
-        as_pg(&[
-            pg_ctl.to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-w",
-            "-l",
-            dir.join("log").to_str().unwrap(),
-            "start",
-        ]);
-        Cluster { dir, bin, port }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgresql:///postgres?host={}&port={}&user=postgres",
-            self.dir.display(),
-            self.port
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args([
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    pg::skip_or_fail("ledger_postgres", why);
 }
 
 fn combo() -> Tariff {
@@ -147,10 +45,10 @@ fn postgres_ledger_rules_journal_shared_migrations_and_concurrent_hosts() {
     if unsafe { libc::geteuid() } != 0 {
         return skip_or_fail("needs root to run a throwaway cluster as the postgres user");
     }
-    let Some(bin) = pg_bin() else {
+    let Some(bin) = pg::pg_bin() else {
         return skip_or_fail("PostgreSQL server binaries not installed");
     };
-    let cluster = Cluster::start(bin);
+    let cluster = Cluster::start(bin, "pg-ledger", 30_000);
     let url = cluster.url();
 
     // The CDR store and two ledger hosts share the database and its schema_migrations.

@@ -3,121 +3,20 @@
 //! Needs the Debian `postgresql` package (scripts/setup installs it) and root (the cluster runs
 //! as the `postgres` user). Fails under `CI` if either is missing; skips loudly elsewhere.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::Path;
 
 use rtpedge::{
     engine::{Cdr, EndReason},
     store::{CdrStore, PostgresStore},
 };
 
-fn skip_or_fail(why: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("postgres_store: {why} (CI must provide it: scripts/setup installs postgresql)");
-    }
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n*** SKIPPED postgres_store: {why} ***\n"
-    );
-    false
-}
+#[path = "support/pg.rs"]
+mod pg;
 
-fn pg_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop()
-}
+use pg::Cluster;
 
-/// A PostgreSQL cluster in a temporary directory, stopped and removed on drop.
-struct Cluster {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn start(bin: PathBuf) -> Self {
-        let dir = std::env::temp_dir().join(format!("rtpedge-pg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = 20_000 + (std::process::id() % 10_000) as u16;
-        let as_pg = |args: &[&str]| {
-            let out = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .output()
-                .expect("runuser");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        Command::new("chown")
-            .args(["postgres:postgres", dir.to_str().unwrap()])
-            .status()
-            .unwrap();
-        let data = dir.join("data");
-        let initdb = bin.join("initdb");
-        as_pg(&[
-            initdb.to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-        ]);
-        let pg_ctl = bin.join("pg_ctl");
-        let opts = format!("-p {port} -k {} -c listen_addresses=''", dir.display());
-        as_pg(&[
-            pg_ctl.to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-w",
-            "-l",
-            dir.join("log").to_str().unwrap(),
-            "start",
-        ]);
-        Cluster { dir, bin, port }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgresql:///postgres?host={}&port={}&user=postgres",
-            self.dir.display(),
-            self.port
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args([
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn skip_or_fail(why: &str) {
+    pg::skip_or_fail("postgres_store", why);
 }
 
 fn cdr(call_id: &str) -> Cdr {
@@ -154,12 +53,12 @@ fn postgres_store_write_ahead_restart_and_shared_migrations() {
         skip_or_fail("needs root to run a throwaway cluster as the postgres user");
         return;
     }
-    let Some(bin) = pg_bin() else {
+    let Some(bin) = pg::pg_bin() else {
         skip_or_fail("PostgreSQL server binaries not installed");
         return;
     };
     assert!(Path::new("/usr/sbin/runuser").exists() || Path::new("/sbin/runuser").exists());
-    let cluster = Cluster::start(bin);
+    let cluster = Cluster::start(bin, "pg", 20_000);
     let mut a = PostgresStore::connect(&cluster.url()).expect("connect + migrate");
     // A second host starting against the same database migrates nothing twice.
     let mut b = PostgresStore::connect(&cluster.url()).expect("second host");
