@@ -126,8 +126,8 @@ struct Cli {
     /// Signaling: client threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Signaling: seconds of pings at the same concurrency before measuring (wakes the machine
-    /// up: on VMs, wake-up latency is much higher after idling).
+    /// Signaling: seconds of pings at the same concurrency before measuring (brings relay and
+    /// machine out of idle; pings allocate nothing).
     #[arg(long, value_parser = seconds_or_zero, default_value = "1")]
     ping_warmup: Duration,
     /// Signaling: wait before retransmitting a request, milliseconds.
@@ -294,7 +294,23 @@ fn media_main(cli: &Cli) -> anyhow::Result<()> {
         })
         .context("starting the in-process bridge")?;
         if let Some(c) = cli.pin_bridge {
-            for (tid, name) in cpu::own_threads("rtpedge-w").context("listing bridge threads")? {
+            // A thread names itself once it runs: wait until every worker has.
+            let want = bridge.worker_count();
+            let mut workers = Vec::new();
+            for _ in 0..200 {
+                workers = cpu::own_threads("rtpedge-w").context("listing bridge threads")?;
+                if workers.len() >= want {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if workers.len() < want {
+                bail!(
+                    "--pin-bridge: found {} of {want} bridge worker threads",
+                    workers.len()
+                );
+            }
+            for (tid, name) in workers {
                 cpu::pin(tid, c).with_context(|| format!("pinning {name} to CPU {c}"))?;
             }
         }
@@ -354,6 +370,7 @@ fn step_line(s: &StepReport) -> String {
     let verdict = match s.outcome {
         Outcome::Pass => "pass",
         Outcome::Loss => "LOSS",
+        Outcome::Backlog => "BACKLOG (relay behind)",
         Outcome::GeneratorLimited => "GENERATOR-LIMITED",
     };
     format!(
@@ -426,7 +443,7 @@ fn print_media(r: &MediaReport) {
     }
     if let Some(sr) = &r.search {
         let limit = match sr.limit {
-            Limit::Relay => "the relay (loss above the threshold)",
+            Limit::Relay => "the relay (loss above the threshold, or a backlog at its sockets)",
             Limit::Generator => "the generator (it could not offer more): the relay may do more",
             Limit::MaxRate => "--search-max",
             Limit::MinRate => "nothing passed",

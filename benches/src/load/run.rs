@@ -1,8 +1,8 @@
 //! A whole media measurement: set calls up, run one fixed-rate step or a search, tear the
-//! calls down. In a search, a step that loses packets is followed by fresh calls: a relay that
-//! gives up on overloaded sockets for good (rtpengine 10.5 does, after about a second of
-//! overload) would otherwise fail every later step, and the search would measure that instead
-//! of its capacity.
+//! calls down. In a search, a step that loses packets (or leaves a backlog at the relay) is
+//! followed by fresh calls: a relay that gives up on overloaded sockets for good (rtpengine
+//! 10.5 does, after about a second of overload) would otherwise fail every later step, and the
+//! search would measure that instead of its capacity.
 
 use std::{net::IpAddr, net::SocketAddr, time::Duration};
 
@@ -210,7 +210,7 @@ pub fn run_media(
                     step += 1;
                     on_step(&r);
                     search.record(rate, r.outcome);
-                    let failed = r.outcome == Outcome::Loss;
+                    let failed = matches!(r.outcome, Outcome::Loss | Outcome::Backlog);
                     report.steps.push(r);
                     if failed && search.next_rate().is_some() {
                         let old =

@@ -15,7 +15,11 @@ pub enum Outcome {
     Pass,
     /// Loss at or above the threshold.
     Loss,
-    /// The generator offered clearly less than asked: no verdict about the relay.
+    /// No loss yet, but the relay fell behind: its sockets held more than
+    /// [`crate::load::traffic::BACKLOG_LIMIT_S`] of traffic when sending stopped, so the loss
+    /// only waits for its buffers to fill.
+    Backlog,
+    /// No verdict about the relay: the generator could not offer the rate, or was saturated.
     GeneratorLimited,
 }
 
@@ -23,7 +27,7 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Limit {
-    /// The relay lost packets above the best rate.
+    /// The relay lost packets (or fell behind) above the best rate.
     Relay,
     /// The generator could not offer more.
     Generator,

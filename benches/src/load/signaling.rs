@@ -495,9 +495,8 @@ fn run_threads(cfg: &SignalingConfig, warmup: bool) -> Vec<Result<ThreadOutcome,
     })
 }
 
-/// Runs the signaling benchmark: the warm-up (pings: they wake the relay as requests do, so
-/// that the machine is in its busy state — on VMs wake-up latency drops after a moment of
-/// load — without allocating anything), then the measured calls.
+/// Runs the signaling benchmark: the warm-up (pings at the same concurrency: relay and machine
+/// leave idle without anything being allocated), then the measured calls.
 pub fn run(cfg: &SignalingConfig, cpu_probe: &RelayCpu) -> Result<SignalingReport, Error> {
     if cfg.threads == 0 || cfg.inflight < cfg.threads {
         return Err(Error::Invalid(format!(

@@ -4,12 +4,20 @@
 //! - Sender: a token bucket on the aggregate rate; streams take turns (round robin), each
 //!   sending a burst of `burst` packets in one `sendmmsg` from its connected socket. With the
 //!   default burst (see [`auto_burst`]) every stream sends once per 20 ms, like a phone, and
-//!   bursts only grow at rates beyond 50 packets/s per stream. Packets are built in the
-//!   `sendmmsg` slots (RTP header, stamp, PCMU silence): no allocation per packet.
+//!   bursts only grow at rates beyond 50 packets/s per stream. The sender sleeps at least
+//!   [`PACING_QUANTUM_NS`] at a time and then sends what the bucket allows, so the aggregate
+//!   goes out in small clumps (at 50k packets/s, about 5 packets, to 5 different streams,
+//!   every 100 µs). Packets are built in the `sendmmsg` slots (RTP header, stamp, PCMU
+//!   silence): no allocation per packet; the stamp's send time is taken right before the
+//!   `sendmmsg` of each burst.
 //! - Receiver: level-triggered epoll over every endpoint socket, `recvmmsg` (non-blocking,
 //!   batches of 64) on each ready one; per packet it reads the stamp, accounts for the stream
 //!   (see [`super::account`]) and records `now - sent` into an HDR histogram allocated before
 //!   the step.
+//! - Verdict: a step passes when the rate was offered (at least 97 %) and loss stayed below
+//!   the threshold; it is *generator-limited* (no verdict about the relay) when the generator
+//!   could not offer the rate, when most loss was at its own sockets, or when it ran at 95 % of
+//!   its core or more (its receive backlog then turns into apparent loss and latency).
 //! - A step is a warm-up (packets stamped [`WARMUP_STEP`], ignored by the receiver) and the
 //!   measured interval; CPU readings bracket the measured interval. When the sender is done the
 //!   receiver runs on until no packet has arrived for a moment (bounded by `drain`), so packets
@@ -51,6 +59,14 @@ const RECV_POLL_MS: libc::c_int = 5;
 const QUIET: Duration = Duration::from_millis(50);
 /// A step whose offered rate is below this fraction of the target says nothing about the relay.
 pub const OFFERED_MIN_FRACTION: f64 = 0.97;
+/// The sender's shortest sleep (see `pause`): 100 µs of sending goes out at once.
+pub const PACING_QUANTUM_NS: u64 = 100_000;
+/// A relay whose sockets hold more than this much traffic (seconds at the offered rate) when
+/// sending stops has fallen behind ([`Outcome::Backlog`]), loss or not.
+pub const BACKLOG_LIMIT_S: f64 = 0.02;
+/// Kernel memory a queued G.711-sized datagram takes (its skb's truesize, roughly): converts
+/// `rx_queue` bytes into datagrams.
+pub const QUEUED_DATAGRAM_BYTES: f64 = 1024.0;
 /// Generator CPU (percent of one core) at which a step says nothing about the relay either.
 pub const GENERATOR_SATURATED_PCT: f64 = 95.0;
 
@@ -331,19 +347,17 @@ pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<Ste
     let offered_pps = per_s(totals.sent);
     let loss_pct = totals.loss_pct();
     let generator_socket_drops = delta(&before.1, &after.1);
-    let outcome = if offered_pps < cfg.rate * OFFERED_MIN_FRACTION
-        // Most of the loss at the generator's own sockets: its receiver fell behind.
-        || generator_socket_drops.is_some_and(|d| d > 0 && d * 2 >= totals.lost)
-        // A saturated generator cannot tell the relay's loss from its own backlog (packets
-        // still queued at its sockets when the drain gives up count as lost).
-        || generator_cpu_pct.is_some_and(|g| g >= GENERATOR_SATURATED_PCT)
-    {
-        Outcome::GeneratorLimited
-    } else if loss_pct >= cfg.loss_threshold_pct || totals.received == 0 {
-        Outcome::Loss
-    } else {
-        Outcome::Pass
-    };
+    let outcome = verdict(&VerdictInputs {
+        target_pps: cfg.rate,
+        offered_pps,
+        sent: totals.sent,
+        received: totals.received,
+        lost: totals.lost,
+        loss_threshold_pct: cfg.loss_threshold_pct,
+        generator_socket_drops,
+        generator_cpu_pct,
+        relay_queued_bytes: backlog.0.as_ref().ok().map(|s| s.queued_bytes),
+    });
     Ok(StepReport {
         step: cfg.step,
         target_pps: cfg.rate,
@@ -379,13 +393,68 @@ pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<Ste
     })
 }
 
-/// Sleeps precisely enough for pacing: the thread's timer slack is set to 1 µs at start.
-fn pause(ns: u64) {
-    if ns >= 20_000 {
-        std::thread::sleep(Duration::from_nanos(ns));
+/// What a step's verdict is made of.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerdictInputs {
+    /// Asked-for rate.
+    pub target_pps: f64,
+    /// Rate actually sent.
+    pub offered_pps: f64,
+    /// Packets sent.
+    pub sent: u64,
+    /// Distinct packets received.
+    pub received: u64,
+    /// Packets lost.
+    pub lost: u64,
+    /// Loss (percent) at which the step fails.
+    pub loss_threshold_pct: f64,
+    /// Drops at the generator's own sockets.
+    pub generator_socket_drops: Option<u64>,
+    /// Generator CPU, percent of one core.
+    pub generator_cpu_pct: Option<f64>,
+    /// Bytes queued at the relay's sockets when sending stopped.
+    pub relay_queued_bytes: Option<u64>,
+}
+
+/// A step's verdict, in this order:
+/// 1. [`Outcome::Backlog`]: the relay's sockets hold more than [`BACKLOG_LIMIT_S`] of the
+///    offered traffic (and at least 1 MiB): the relay is behind, whatever else happened.
+/// 2. [`Outcome::GeneratorLimited`]: the generator offered less than
+///    [`OFFERED_MIN_FRACTION`] of the target, most loss was at its own sockets, or it ran at
+///    [`GENERATOR_SATURATED_PCT`] or more (its own receive backlog turns into apparent loss).
+/// 3. [`Outcome::Loss`]: loss at or above the threshold, or nothing received.
+/// 4. [`Outcome::Pass`].
+pub fn verdict(v: &VerdictInputs) -> Outcome {
+    let loss_pct = if v.sent == 0 {
+        0.0
     } else {
-        std::hint::spin_loop();
+        v.lost as f64 * 100.0 / v.sent as f64
+    };
+    let backlog_limit = (v.offered_pps * BACKLOG_LIMIT_S * QUEUED_DATAGRAM_BYTES).max(1048576.0);
+    if v.relay_queued_bytes
+        .is_some_and(|q| q as f64 > backlog_limit)
+    {
+        Outcome::Backlog
+    } else if v.offered_pps < v.target_pps * OFFERED_MIN_FRACTION
+        || v.generator_socket_drops
+            .is_some_and(|d| d > 0 && d * 2 >= v.lost)
+        || v.generator_cpu_pct
+            .is_some_and(|g| g >= GENERATOR_SATURATED_PCT)
+    {
+        Outcome::GeneratorLimited
+    } else if loss_pct >= v.loss_threshold_pct || v.received == 0 {
+        Outcome::Loss
+    } else {
+        Outcome::Pass
     }
+}
+
+/// Sleeps until the next send: at least [`PACING_QUANTUM`], so that a high rate is sent as
+/// one round of bursts per quantum (over many streams) rather than a sleep and a wake-up per
+/// burst, which on a VM costs more CPU than the send itself. The thread's timer slack is set
+/// to 1 µs at start, so the sleep ends on time.
+fn pause(ns: u64) {
+    std::thread::sleep(Duration::from_nanos(ns.max(PACING_QUANTUM_NS)));
 }
 
 fn set_timer_slack_1us() {
@@ -677,6 +746,72 @@ fn stats_in(text: &str, v4: bool, want: &HashMap<(Option<IpAddr>, u16), ()>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts() {
+        let ok = VerdictInputs {
+            target_pps: 100_000.0,
+            offered_pps: 99_500.0,
+            sent: 199_000,
+            received: 199_000,
+            lost: 0,
+            loss_threshold_pct: 0.1,
+            generator_socket_drops: Some(0),
+            generator_cpu_pct: Some(60.0),
+            relay_queued_bytes: Some(0),
+        };
+        assert_eq!(verdict(&ok), Outcome::Pass);
+        let lossy = VerdictInputs {
+            received: 198_700,
+            lost: 300,
+            ..ok
+        };
+        assert_eq!(verdict(&lossy), Outcome::Loss, "0.15 % lost");
+        let slight = VerdictInputs {
+            received: 198_900,
+            lost: 100,
+            ..ok
+        };
+        assert_eq!(verdict(&slight), Outcome::Pass, "0.05 % lost");
+        assert_eq!(
+            verdict(&VerdictInputs {
+                received: 0,
+                lost: 199_000,
+                ..ok
+            }),
+            Outcome::Loss
+        );
+        // The generator's own trouble: no verdict about the relay.
+        for g in [
+            VerdictInputs {
+                offered_pps: 90_000.0,
+                ..ok
+            },
+            VerdictInputs {
+                generator_cpu_pct: Some(97.0),
+                ..lossy
+            },
+            VerdictInputs {
+                generator_socket_drops: Some(200),
+                ..lossy
+            },
+        ] {
+            assert_eq!(verdict(&g), Outcome::GeneratorLimited, "{g:?}");
+        }
+        // A relay that is behind is behind, even with a saturated generator; 20 ms of 100k
+        // packets/s is about 2 MB of queue.
+        let behind = VerdictInputs {
+            relay_queued_bytes: Some(3 << 20),
+            generator_cpu_pct: Some(99.0),
+            ..ok
+        };
+        assert_eq!(verdict(&behind), Outcome::Backlog);
+        let small = VerdictInputs {
+            relay_queued_bytes: Some(1 << 20),
+            ..ok
+        };
+        assert_eq!(verdict(&small), Outcome::Pass, "1 MiB at 100k/s is 10 ms");
+    }
 
     #[test]
     fn burst_follows_the_per_stream_rate() {
