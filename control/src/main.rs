@@ -198,6 +198,15 @@ struct DaemonArgs {
         env = "RTPEDGE_DELETE_DELAY"
     )]
     delete_delay: Option<u64>,
+    /// Seconds a released media port rests before it is handed out again (late packets of an
+    /// old call must not reach a new one; a closed pinhole already drops them at XDP).
+    #[arg(
+        long = "port-quarantine",
+        id = "daemon_port_quarantine",
+        value_name = "SECS",
+        env = "RTPEDGE_PORT_QUARANTINE"
+    )]
+    port_quarantine: Option<u64>,
 }
 
 impl DaemonArgs {
@@ -221,6 +230,7 @@ impl DaemonArgs {
                 offer: self.offer_timeout,
                 final_: self.final_timeout,
                 delete_delay: self.delete_delay,
+                port_quarantine: self.port_quarantine,
                 ..FileTimeouts::default()
             },
             dscp: FileDscp::default(),

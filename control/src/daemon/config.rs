@@ -114,6 +114,8 @@ pub struct FileTimeouts {
     pub delete_delay: Option<u64>,
     /// NAT learning window.
     pub learn_window: Option<u64>,
+    /// A released media port is reused only after this long.
+    pub port_quarantine: Option<u64>,
 }
 
 /// `[dscp]`.
@@ -170,6 +172,8 @@ pub struct Config {
     pub delete_delay: Duration,
     /// Learning window.
     pub learn_window: Duration,
+    /// Released media ports rest this long before reuse.
+    pub port_quarantine: Duration,
     /// DSCP of audio.
     pub dscp_audio: Option<u8>,
     /// DSCP of video.
@@ -339,6 +343,7 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
         final_timeout: (final_s > 0).then(|| Duration::from_secs(final_s)),
         delete_delay: t(ft.delete_delay, ot.delete_delay, 30),
         learn_window: t(ft.learn_window, ot.learn_window, 3),
+        port_quarantine: t(ft.port_quarantine, ot.port_quarantine, 10),
         dscp_audio: dscp("dscp.audio", file.dscp.audio, over.dscp.audio, 46)?,
         dscp_video: dscp("dscp.video", file.dscp.video, over.dscp.video, 34)?,
         default_account: over
@@ -419,6 +424,22 @@ mod tests {
         assert_eq!(c.cdr_db, "rtpedge-data/cdr.sqlite");
         assert_eq!(c.dscp_audio, Some(46));
         assert_eq!(c.final_timeout, None);
+        assert_eq!(c.port_quarantine, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn port_quarantine_from_file_and_flag() {
+        let file: FileConfig = toml::from_str("[timeouts]\nport_quarantine = 2\n").unwrap();
+        let c = resolve(file.clone(), FileConfig::default()).unwrap();
+        assert_eq!(c.port_quarantine, Duration::from_secs(2));
+        let over = FileConfig {
+            timeouts: FileTimeouts {
+                port_quarantine: Some(0),
+                ..FileTimeouts::default()
+            },
+            ..FileConfig::default()
+        };
+        assert_eq!(resolve(file, over).unwrap().port_quarantine, Duration::ZERO);
     }
 
     #[test]

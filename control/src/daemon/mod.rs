@@ -190,6 +190,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             port_max: cfg.ports.1,
             workers: cfg.workers,
             media_timeout: cfg.media_timeout,
+            quarantine: cfg.port_quarantine,
             ..BridgeConfig::default()
         })
         .context("starting the media bridge")?,
