@@ -296,6 +296,62 @@ pub struct LedgerEntry {
     pub note: Option<String>,
 }
 
+/// The account operations of [`Ledger`], identical for every backend: each runs one rule of
+/// [`Account`] through the backend's own atomic, journaled `mutate(id, call_id, rule)`. Expanded
+/// inside each backend's `impl Ledger`, so the rules are written once.
+macro_rules! account_operations {
+    () => {
+        fn topup(&mut self, id: &str, amount: Money) -> Result<Money, LedgerError> {
+            Ok(self
+                .mutate(id, None, |a| Ok(((), a.apply_topup(amount)?)))?
+                .1
+                .balance)
+        }
+
+        fn block(&mut self, id: &str) -> Result<Account, LedgerError> {
+            Ok(self.mutate(id, None, |a| Ok(((), a.apply_block())))?.1)
+        }
+
+        fn unblock(&mut self, id: &str) -> Result<Account, LedgerError> {
+            Ok(self.mutate(id, None, |a| Ok(((), a.apply_unblock())))?.1)
+        }
+
+        fn reserve(
+            &mut self,
+            id: &str,
+            amount: Money,
+            call_id: &str,
+        ) -> Result<Money, LedgerError> {
+            Ok(self
+                .mutate(id, Some(call_id), |a| a.apply_reserve(amount))?
+                .0)
+        }
+
+        fn settle(
+            &mut self,
+            id: &str,
+            call_id: &str,
+            reserved: Money,
+            charged: Money,
+        ) -> Result<Account, LedgerError> {
+            Ok(self
+                .mutate(id, Some(call_id), |a| {
+                    Ok(((), a.apply_settle(reserved, charged)?))
+                })?
+                .1)
+        }
+
+        fn take_token(&mut self, id: &str, call_id: Option<&str>) -> Result<u32, LedgerError> {
+            Ok(self.mutate(id, call_id, |a| a.apply_take_token())?.0)
+        }
+
+        fn add_tokens(&mut self, id: &str, n: u32) -> Result<u32, LedgerError> {
+            Ok(self.mutate(id, None, |a| a.apply_add_tokens(n))?.0)
+        }
+    };
+}
+pub(crate) use account_operations;
+
 /// Where tariffs and accounts live. Every mutation is atomic and journalled; see the module
 /// docs. Implementations: [`SqliteLedger`], [`PostgresLedger`], [`MemoryLedger`].
 pub trait Ledger: Send {

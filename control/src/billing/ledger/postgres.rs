@@ -255,48 +255,7 @@ impl Ledger for PostgresLedger {
             .ok_or_else(|| LedgerError::NoSuchAccount(id.to_string()))
     }
 
-    fn topup(&mut self, id: &str, amount: Money) -> Result<Money, LedgerError> {
-        Ok(self
-            .mutate(id, None, |a| Ok(((), a.apply_topup(amount)?)))?
-            .1
-            .balance)
-    }
-
-    fn block(&mut self, id: &str) -> Result<Account, LedgerError> {
-        Ok(self.mutate(id, None, |a| Ok(((), a.apply_block())))?.1)
-    }
-
-    fn unblock(&mut self, id: &str) -> Result<Account, LedgerError> {
-        Ok(self.mutate(id, None, |a| Ok(((), a.apply_unblock())))?.1)
-    }
-
-    fn reserve(&mut self, id: &str, amount: Money, call_id: &str) -> Result<Money, LedgerError> {
-        Ok(self
-            .mutate(id, Some(call_id), |a| a.apply_reserve(amount))?
-            .0)
-    }
-
-    fn settle(
-        &mut self,
-        id: &str,
-        call_id: &str,
-        reserved: Money,
-        charged: Money,
-    ) -> Result<Account, LedgerError> {
-        Ok(self
-            .mutate(id, Some(call_id), |a| {
-                Ok(((), a.apply_settle(reserved, charged)?))
-            })?
-            .1)
-    }
-
-    fn take_token(&mut self, id: &str, call_id: Option<&str>) -> Result<u32, LedgerError> {
-        Ok(self.mutate(id, call_id, |a| a.apply_take_token())?.0)
-    }
-
-    fn add_tokens(&mut self, id: &str, n: u32) -> Result<u32, LedgerError> {
-        Ok(self.mutate(id, None, |a| a.apply_add_tokens(n))?.0)
-    }
+    super::account_operations!();
 
     fn entries(&mut self, id: &str, limit: usize) -> Result<Vec<LedgerEntry>, LedgerError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
