@@ -11,8 +11,8 @@ use rtpedge_common::{
 };
 
 use crate::{
-    Dataplane, DataplaneError, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
-    RateLimit,
+    Dataplane, DataplaneError, Dscp, ForwardSpec, GlobalCounters, PinholeCounters, PinholeInfo,
+    PinholeSpec, RateLimit,
     types::{addr_to_map, info_of, key_of, pinhole_value},
 };
 
@@ -30,6 +30,9 @@ struct Entry {
     ph: Pinhole,
     stats: PinholeStats,
     learned: Option<LearnedSource>,
+    /// Kept and validated like the kernel keeps it; whether a packet would take the fast path
+    /// depends on the host's routes, so [`FakeDataplane::deliver`] still answers `Pass`.
+    forward: Option<ForwardSpec>,
 }
 
 /// In-memory data plane with a virtual monotonic clock.
@@ -210,6 +213,7 @@ impl Dataplane for FakeDataplane {
                     ph,
                     stats: PinholeStats::default(),
                     learned: None,
+                    forward: None,
                 },
             ),
         );
@@ -276,6 +280,23 @@ impl Dataplane for FakeDataplane {
 
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError> {
         Ok(self.info(&local).and_then(|i| i.learned))
+    }
+
+    fn set_forward(
+        &mut self,
+        local: SocketAddr,
+        forward: Option<ForwardSpec>,
+    ) -> Result<(), DataplaneError> {
+        if let Some(f) = &forward {
+            f.to_map()?;
+        }
+        self.entry_mut(local)?.forward = forward;
+        Ok(())
+    }
+
+    fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
+        key_of(local)?;
+        Ok(self.entries.get(&local).and_then(|(_, e)| e.forward))
     }
 }
 

@@ -9,8 +9,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use rtpedge_common::{
-    Config, Counter, LearnedSource, MAX_PINHOLES, META_MAGIC, Meta, Pinhole, PinholeKey,
-    PinholeStats, SCHEMA_VERSION, map_names, policy, state,
+    Config, Counter, Forward, LearnedSource, MAX_PINHOLES, META_MAGIC, Meta, NextHop, Pinhole,
+    PinholeKey, PinholeStats, SCHEMA_VERSION, map_names, policy, state,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     RateLimit,
     clock::monotonic_ns,
     fake::keeps_learned,
-    types::{addr_from_map, info_of, key_of, pinhole_value},
+    types::{ForwardSpec, addr_from_map, info_of, key_of, pinhole_value},
 };
 
 /// Handle on the data plane's maps.
@@ -26,6 +26,8 @@ pub struct KernelDataplane {
     pinholes: HashMap<MapData, PinholeKey, Pinhole>,
     stats: PerCpuHashMap<MapData, PinholeKey, PinholeStats>,
     learned: HashMap<MapData, PinholeKey, LearnedSource>,
+    forwards: HashMap<MapData, PinholeKey, Forward>,
+    next_hops: HashMap<MapData, PinholeKey, NextHop>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
     meta: Array<MapData, Meta>,
@@ -59,6 +61,18 @@ pub(crate) fn expected_layout(name: &str) -> Option<(aya::maps::MapType, u32, u3
         map_names::COUNTERS => (T::PerCpuArray, 4, 8, Counter::COUNT),
         map_names::CONFIG => (T::Array, 4, sz(size_of::<Config>()), 1),
         map_names::META => (T::Array, 4, sz(size_of::<Meta>()), 1),
+        map_names::FORWARDS => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<Forward>()),
+            MAX_PINHOLES,
+        ),
+        map_names::NEXTHOPS => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<NextHop>()),
+            MAX_PINHOLES,
+        ),
         _ => return None,
     })
 }
@@ -129,6 +143,9 @@ impl KernelDataplane {
             stats: PerCpuHashMap::try_from(take(map_names::PINHOLE_STATS)?)
                 .map_err(map_err("PINHOLE_STATS"))?,
             learned: HashMap::try_from(take(map_names::LEARNED)?).map_err(map_err("LEARNED"))?,
+            forwards: HashMap::try_from(take(map_names::FORWARDS)?).map_err(map_err("FORWARDS"))?,
+            next_hops: HashMap::try_from(take(map_names::NEXTHOPS)?)
+                .map_err(map_err("NEXTHOPS"))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)
                 .map_err(map_err("COUNTERS"))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(map_err("CONFIG"))?,
@@ -324,6 +341,8 @@ impl Dataplane for KernelDataplane {
         if !remove_present(self.pinholes.remove(&key), "removing from PINHOLES")? {
             return Err(DataplaneError::NoSuchPinhole(local));
         }
+        remove_present(self.forwards.remove(&key), "removing from FORWARDS")?;
+        remove_present(self.next_hops.remove(&key), "removing from NEXTHOPS")?;
         remove_present(self.learned.remove(&key), "removing from LEARNED")?;
         remove_present(self.stats.remove(&key), "removing from PINHOLE_STATS")?;
         Ok(())
@@ -400,5 +419,35 @@ impl Dataplane for KernelDataplane {
 
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError> {
         self.learned_of(&key_of(local)?)
+    }
+    fn set_forward(
+        &mut self,
+        local: SocketAddr,
+        forward: Option<ForwardSpec>,
+    ) -> Result<(), DataplaneError> {
+        let key = key_of(local)?;
+        match forward {
+            Some(f) => {
+                let value = f.to_map()?;
+                // Only a pinhole's media is forwarded: refuse an entry nothing would reach.
+                if self.get(&key)?.is_none() {
+                    return Err(DataplaneError::NoSuchPinhole(local));
+                }
+                self.forwards
+                    .insert(key, value, 0)
+                    .map_err(|e| full_or(e, "writing FORWARDS"))
+            }
+            None => {
+                remove_present(self.forwards.remove(&key), "removing from FORWARDS").map(|_| ())
+            }
+        }
+    }
+
+    fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
+        match self.forwards.get(&key_of(local)?, 0) {
+            Ok(f) => Ok(Some(ForwardSpec::from_map(&f))),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(DataplaneError::bpf("reading FORWARDS", e)),
+        }
     }
 }

@@ -126,6 +126,54 @@ pub struct PinholeSpec {
     pub rate: Option<RateLimit>,
 }
 
+/// An in-kernel forwarding entry (the fast path of a spliced leg): what passes a pinhole is
+/// sent back out of the receiving interface from `via` to `to`, without reaching the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// The spliced leg's local address and port: the forwarded packets' source.
+    pub via: SocketAddr,
+    /// The spliced leg's remote: the forwarded packets' destination.
+    pub to: SocketAddr,
+    /// DSCP of the forwarded packets (the spliced leg's marking); `None` keeps the packet's.
+    pub dscp: Option<Dscp>,
+}
+
+impl ForwardSpec {
+    /// The map value, or a precise reason why the kernel could not use it.
+    pub fn to_map(&self) -> Result<rtpedge_common::Forward, DataplaneError> {
+        if self.via.is_ipv4() != self.to.is_ipv4() {
+            return Err(DataplaneError::Invalid(format!(
+                "forwarding from {} to {}: the fast path never changes the address family",
+                self.via, self.to
+            )));
+        }
+        if self.via.port() == 0 || self.to.port() == 0 || self.to.ip().is_unspecified() {
+            return Err(DataplaneError::Invalid(format!(
+                "forwarding from {} to {}: needs a concrete source port and destination",
+                self.via, self.to
+            )));
+        }
+        Ok(rtpedge_common::Forward {
+            src_addr: addr_to_map(self.via.ip()),
+            dst_addr: addr_to_map(self.to.ip()),
+            src_port: self.via.port(),
+            dst_port: self.to.port(),
+            dscp: self.dscp.map_or(rtpedge_common::DSCP_NONE, Dscp::value),
+            flags: 0,
+            _pad: [0; 2],
+        })
+    }
+
+    /// Reads a map value back.
+    pub fn from_map(f: &rtpedge_common::Forward) -> Self {
+        Self {
+            via: SocketAddr::new(addr_from_map(f.src_addr), f.src_port),
+            to: SocketAddr::new(addr_from_map(f.dst_addr), f.dst_port),
+            dscp: Dscp::new(f.dscp).ok(),
+        }
+    }
+}
+
 /// Whether a pinhole currently admits media.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinholeState {

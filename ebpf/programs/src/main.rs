@@ -5,6 +5,11 @@
 //!   policy its source satisfies, within the pinhole's optional rate limit; its DSCP is then
 //!   rewritten if the pinhole says so. Everything outside the media range passes untouched.
 //!   Every verdict is counted.
+//!   When the pinhole has a forwarding entry (a spliced leg whose remote is known), the packet
+//!   is rewritten to leave from the spliced leg's address and port to its remote and sent
+//!   back out of the receiving interface (`XDP_TX`) without reaching the stack: the in-kernel
+//!   fast path. Whatever the program cannot forward itself (no route or neighbour out of the
+//!   same interface, MTU, VLAN, family change) goes up the stack to the bridge as before.
 //! * `tc_egress` (TC, egress): marks what the host sends from a pinhole's local address and port
 //!   with that pinhole's DSCP, and counts it. Never drops.
 //!
@@ -24,8 +29,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use rtpedge_common::{
-    Config, Counter, DSCP_NONE, LearnedSource, MAX_PINHOLES, Meta, Pinhole, PinholeKey,
-    PinholeStats,
+    Config, Counter, DSCP_NONE, Forward, LearnedSource, MAX_PINHOLES, Meta, NextHop, Pinhole,
+    PinholeKey, PinholeStats,
+    forward::{family_matches, ipv4_forward, ipv6_forward},
     logic::{
         SourceVerdict, addr_eq, check_source, ipv4_mapped, ipv4_rewrite_dscp, ipv6_rewrite_dscp,
         may_learn, token_bucket_admit, tos_with_dscp,
@@ -48,6 +54,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "FORWARDS")]
+static FORWARDS: HashMap<PinholeKey, Forward> = HashMap::with_max_entries(MAX_PINHOLES, 0);
+
+#[map(name = "NEXTHOPS")]
+static NEXTHOPS: HashMap<PinholeKey, NextHop> = HashMap::with_max_entries(MAX_PINHOLES, 0);
 
 /// Stamped and checked by userspace only (schema guard for pinned maps).
 #[map(name = "META")]
@@ -106,6 +118,7 @@ fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
 /// A UDP packet to the media range, with what the verdict needs.
 struct Media {
     l3_off: usize,
+    l4_off: usize,
     v4: bool,
     src: [u8; 16],
     dst: [u8; 16],
@@ -203,6 +216,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
     }
     Parsed::Media(Media {
         l3_off: off,
+        l4_off: l4,
         v4: true,
         src: ipv4_mapped([h[12], h[13], h[14], h[15]]),
         dst: ipv4_mapped([h[16], h[17], h[18], h[19]]),
@@ -278,6 +292,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     dst.copy_from_slice(&h[24..40]);
     Parsed::Media(Media {
         l3_off: off,
+        l4_off: l4,
         v4: false,
         src,
         dst,
@@ -339,12 +354,26 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
             return xdp_action::XDP_DROP;
         }
     }
-    if ph.dscp != DSCP_NONE {
-        rewrite_dscp(ctx, m, ph.dscp);
-        count(Counter::DscpMarked);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: read-only access to a map value.
+    let fwd = unsafe { FORWARDS.get(key) };
+    let forwarded = match fwd {
+        Some(f) => {
+            remember_next_hop(ctx, &key);
+            forward(ctx, m, f)
+        }
+        None => false,
+    };
+    if !forwarded {
+        if fwd.is_some() {
+            count(Counter::ForwardFallback);
+        }
+        if ph.dscp != DSCP_NONE {
+            rewrite_dscp(ctx, m, ph.dscp);
+            count(Counter::DscpMarked);
+        }
     }
     if let Some(s) = stats {
-        let len = (ctx.data_end() - ctx.data()) as u64;
         unsafe {
             (*s).packets += 1;
             (*s).bytes += len;
@@ -352,7 +381,99 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
         }
     }
     count(Counter::Passed);
+    if let (true, Some(f)) = (forwarded, fwd) {
+        // What the host would have sent from the spliced leg: counted on its pinhole, as
+        // tc_egress counts the bridge's packets.
+        let out = PinholeKey {
+            addr: f.src_addr,
+            port: f.src_port,
+            _pad: 0,
+        };
+        if let Some(s) = PINHOLE_STATS.get_ptr_mut(out) {
+            // SAFETY: per-CPU value.
+            unsafe {
+                (*s).tx_packets += 1;
+                (*s).tx_bytes += len;
+            }
+        }
+        count(Counter::Forwarded);
+        return xdp_action::XDP_TX;
+    }
     xdp_action::XDP_PASS
+}
+
+/// Records how this packet (which passed the pinhole) reached us, so the other direction of
+/// the splice can answer through the same next hop. Written only when it changed: the entry
+/// stays read-mostly across CPUs.
+#[inline(always)]
+fn remember_next_hop(ctx: &XdpContext, key: &PinholeKey) {
+    let Some(eth) = read::<[u8; 12]>(ctx, 0) else {
+        return;
+    };
+    let mut hop = NextHop {
+        remote_mac: [0; 6],
+        local_mac: [0; 6],
+        ifindex: ctx.ingress_ifindex() as u32,
+    };
+    hop.remote_mac.copy_from_slice(&eth[6..12]);
+    hop.local_mac.copy_from_slice(&eth[0..6]);
+    // SAFETY: read-only access to a map value.
+    if let Some(known) = unsafe { NEXTHOPS.get(key) }
+        && *known == hop
+    {
+        return;
+    }
+    // A full table only costs the fast path (the stack still forwards): ignore the error.
+    let _ = NEXTHOPS.insert(key, hop, 0);
+}
+
+/// The fast path: sends the packet out of the interface it came in on, from the spliced leg's
+/// address and port to its remote, through the next hop that remote's own media came from.
+/// Returns false, with the packet untouched, whenever the stack (and so the bridge) must
+/// handle it instead.
+#[inline(always)]
+fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> bool {
+    // Tagged frames would need the VLAN device's path; the stack handles them.
+    if m.l3_off != ETH_HLEN || !family_matches(fwd, m.v4) {
+        return false;
+    }
+    let out = PinholeKey {
+        addr: fwd.src_addr,
+        port: fwd.src_port,
+        _pad: 0,
+    };
+    // SAFETY: read-only access to a map value.
+    let Some(hop) = (unsafe { NEXTHOPS.get(&out) }) else {
+        // The other side has not sent anything yet.
+        return false;
+    };
+    if hop.ifindex != ctx.ingress_ifindex() as u32 {
+        return false;
+    }
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return false;
+    };
+    let Some(udp) = ptr_at::<[u8; UDP_HLEN]>(ctx, m.l4_off) else {
+        return false;
+    };
+    if m.v4 {
+        let Some(ip) = ptr_at::<[u8; 20]>(ctx, m.l3_off) else {
+            return false;
+        };
+        // SAFETY: all pointers were bounds checked by ptr_at.
+        unsafe { ipv4_forward(&mut *ip, &mut *udp, fwd) };
+    } else {
+        let Some(ip) = ptr_at::<[u8; IPV6_HLEN]>(ctx, m.l3_off) else {
+            return false;
+        };
+        unsafe { ipv6_forward(&mut *ip, &mut *udp, fwd) };
+    }
+    let mut macs = [0u8; 12];
+    macs[0..6].copy_from_slice(&hop.remote_mac);
+    macs[6..12].copy_from_slice(&hop.local_mac);
+    // SAFETY: bounds checked above.
+    unsafe { *eth = macs };
+    true
 }
 
 /// The learning latch: the first admissible source wins (`BPF_NOEXIST` makes the insert
