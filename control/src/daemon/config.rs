@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub interface: Option<String>,
     /// Run without the XDP data plane.
     pub no_xdp: Option<bool>,
+    /// Forward answered calls' RTP in the kernel (XDP fast path).
+    pub fast_path: Option<bool>,
     /// XDP mode: auto, native, generic.
     pub xdp_mode: Option<String>,
     /// bpffs pin root.
@@ -150,6 +152,8 @@ pub struct Config {
     pub interface: Option<String>,
     /// No XDP at all.
     pub no_xdp: bool,
+    /// In-kernel forwarding of answered calls (with the XDP data plane only).
+    pub fast_path: bool,
     /// XDP mode.
     pub xdp_mode: String,
     /// Pin root.
@@ -330,6 +334,7 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
         ports,
         interface: pick(file.interface, over.interface),
         no_xdp: over.no_xdp.or(file.no_xdp).unwrap_or(false),
+        fast_path: over.fast_path.or(file.fast_path).unwrap_or(false),
         xdp_mode,
         pin_root: pick(file.pin_root, over.pin_root)
             .unwrap_or_else(|| rtpedge_dataplane::DEFAULT_PIN_ROOT.into())

@@ -47,12 +47,13 @@ pub use self::config::Config;
 
 /// Chooses the data plane: attach to `--interface`, else reuse a data plane an operator loaded
 /// (pinned maps), else run with the bridge's latching as the only enforcement.
-fn dataplane(cfg: &Config) -> anyhow::Result<Box<dyn Dataplane + Send>> {
+/// The boolean says whether it is the kernel's.
+fn dataplane(cfg: &Config) -> anyhow::Result<(Box<dyn Dataplane + Send>, bool)> {
     if cfg.no_xdp {
         tracing::warn!(
             "--no-xdp: the XDP data plane is not used; media is enforced by the userspace bridge only"
         );
-        return Ok(Box::new(memory_dataplane(cfg)));
+        return Ok((Box::new(memory_dataplane(cfg)), false));
     }
     if let Some(iface) = &cfg.interface {
         let report = rtpedge_dataplane::load(&LoadOptions {
@@ -75,12 +76,12 @@ fn dataplane(cfg: &Config) -> anyhow::Result<Box<dyn Dataplane + Send>> {
             already_attached = report.already_attached,
             "XDP data plane ready"
         );
-        return Ok(Box::new(report.dataplane));
+        return Ok((Box::new(report.dataplane), true));
     }
     match KernelDataplane::open_pinned(&PinLayout::new(&cfg.pin_root).maps_dir()) {
         Ok(dp) => {
             tracing::info!(pin_root = %cfg.pin_root.display(), "using the XDP data plane loaded under the pin root");
-            Ok(Box::new(dp))
+            Ok((Box::new(dp), true))
         }
         Err(e) => {
             tracing::warn!(
@@ -88,7 +89,7 @@ fn dataplane(cfg: &Config) -> anyhow::Result<Box<dyn Dataplane + Send>> {
                 "no --interface and no loaded data plane: media is enforced by the userspace \
                  bridge only (give --interface IF to attach XDP, or --no-xdp to silence this)"
             );
-            Ok(Box::new(memory_dataplane(cfg)))
+            Ok((Box::new(memory_dataplane(cfg)), false))
         }
     }
 }
@@ -182,7 +183,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let dp = dataplane(&cfg)?;
+    let (dp, kernel_dataplane) = dataplane(&cfg)?;
+    let fast_path = cfg.fast_path && kernel_dataplane;
+    if cfg.fast_path && !kernel_dataplane {
+        tracing::warn!("--fast-path needs the XDP data plane: media stays in the userspace bridge");
+    } else if fast_path {
+        tracing::info!("fast path on: answered calls' RTP is forwarded in the kernel once it flows");
+    }
     let bridge = Arc::new(
         Bridge::start(BridgeConfig {
             addresses: cfg.media_addresses.clone(),
@@ -212,6 +219,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             dscp_audio: cfg.dscp_audio,
             dscp_video: cfg.dscp_video,
             max_calls: cfg.max_calls,
+            fast_path,
         },
         Arc::clone(&bridge),
         dp,

@@ -14,6 +14,7 @@
 //! legs are released after the delete delay (so retransmitted requests and late queries still
 //! find the call, and late packets hit a closed pinhole rather than a reused port).
 
+mod fast_path;
 pub mod media;
 pub mod policy;
 pub mod types;
@@ -53,6 +54,9 @@ pub struct EngineConfig {
     pub dscp_video: Option<u8>,
     /// New calls are refused (`load limit`) beyond this many.
     pub max_calls: usize,
+    /// Forward answered calls' RTP in the kernel once media flows both ways (the data plane's
+    /// fast path; see `fast_path.rs`). Only meaningful with the kernel data plane attached.
+    pub fast_path: bool,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +71,7 @@ impl Default for EngineConfig {
             dscp_audio: Some(46),
             dscp_video: Some(34),
             max_calls: 100_000,
+            fast_path: false,
         }
     }
 }
@@ -121,6 +126,9 @@ struct Side {
     remote: Option<MediaDesc>,
     /// Pinholes exist (open or closed) for this leg.
     pinholes: bool,
+    /// In-kernel forwarding of this side's media, if offloaded (and what earlier offloads
+    /// forwarded).
+    fast: fast_path::FastPathCounters,
 }
 
 #[derive(Clone, Debug)]
@@ -442,11 +450,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     leg: a,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
                 Side {
                     leg: b,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
             ],
             splice: None,
@@ -509,11 +519,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     leg: a,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
                 Side {
                     leg: b,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
             ],
             splice: None,
@@ -549,6 +561,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             )));
         };
         let other_leg = pair.sides[1 - side].leg;
+        if answered && pair.sides.iter().any(|s| s.fast.base.is_some()) {
+            // The remote may change: the bridge handles media until it flows again.
+            self.clear_fast_path(call_id, i);
+            return self.apply_remote(call_id, i, side, desc);
+        }
         if desc.is_disabled() {
             self.disable_pair(call_id, i);
             return Ok(Advertised {
@@ -663,6 +680,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             };
             adverts.push(advert_for_offerer);
             self.activate_pair(&call_id, i)?;
+            // A re-answer of a call whose media already flowed: back to the kernel at once
+            // (a remote that changed is learned again before its packets are forwarded).
+            if self.cfg.fast_path && !first_answer {
+                self.offload_pair(now, &call_id, i);
+            }
         }
         if first_answer {
             if let Some(ft) = self.cfg.final_timeout {
@@ -719,6 +741,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     /// Unsplices a pair and closes its pinholes; its legs stay provisioned (re-offer may
     /// enable it again).
     fn disable_pair(&mut self, call_id: &str, i: usize) {
+        self.clear_fast_path(call_id, i);
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -802,22 +825,32 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     }
 
     /// A media event from the bridge. A media timeout ends the call when no leg of it has
-    /// received anything for its timeout.
+    /// received anything for its timeout; first packets may let the fast path take over.
     pub fn handle_media_event(&mut self, now: Timestamp, event: BridgeEvent) {
-        let BridgeEvent::MediaTimeout { leg, .. } = event else {
-            return;
+        let leg = match event {
+            BridgeEvent::FirstPacket { leg, .. } | BridgeEvent::Latched { leg, .. } => {
+                self.fast_path_on_media(now, leg);
+                return;
+            }
+            BridgeEvent::MediaTimeout { leg, .. } => leg,
+            _ => return,
         };
         let Some(call_id) = self.legs.get(&leg).cloned() else {
             return;
         };
-        let Some(call) = self.calls.get(&call_id) else {
-            return;
-        };
+        self.end_if_silent(now, &call_id);
+    }
+
+    /// Ends an answered call whose every leg has been silent for its timeout. Otherwise returns
+    /// how long until it could be (for the engine's own watch over offloaded media).
+    fn end_if_silent(&mut self, now: Timestamp, call_id: &str) -> Option<Duration> {
+        let call = self.calls.get(call_id)?;
         if call.state != State::Answered {
-            return;
+            return None;
         }
         let mut hold = false;
         let mut all_silent = true;
+        let mut next_check: Option<Duration> = None;
         for pair in call.pairs.iter().filter(|p| !p.disabled) {
             let pair_hold = pair
                 .sides
@@ -830,10 +863,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 self.cfg.media_timeout
             };
             for s in &pair.sides {
-                let idle = self.media.stats(s.leg.id).ok().and_then(|st| st.idle);
                 // Never received: silent since the splice, which the bridge measured.
-                if idle.is_some_and(|d| d < limit) {
+                if let Some(idle) = self.side_idle(s).filter(|d| *d < limit) {
                     all_silent = false;
+                    let left = limit - idle;
+                    next_check = Some(next_check.map_or(left, |n| n.min(left)));
                 }
             }
         }
@@ -843,8 +877,10 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             } else {
                 EndReason::MediaTimeout
             };
-            let _ = self.end_call(now, &call_id, reason);
+            let _ = self.end_call(now, call_id, reason);
+            return None;
         }
+        next_check
     }
 
     /// Timer expiries: offer and final timeouts, releases after the delete delay.
@@ -870,6 +906,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     };
                     if due {
                         let _ = self.end_call(now, &call_id, EndReason::FinalTimeout);
+                    } else if self.has_fast_path(&call_id)
+                        && let Some(left) = self.end_if_silent(now, &call_id)
+                    {
+                        // At least 10 ms later, so a clock rounding never spins.
+                        let at = now.mono + left.max(Duration::from_millis(10));
+                        self.schedule(at, &call_id);
                     }
                 }
                 State::Ended if call.release_at.is_some_and(|r| r <= now.mono) => {
@@ -941,6 +983,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 + st.counters.dropped_no_remote;
             r.lost = st.rtp_lost;
             r.jitter = st.jitter;
+        }
+        let (fast_packets, fast_bytes) = self.fast_path_forwarded(side);
+        r.packets += fast_packets;
+        r.bytes += fast_bytes;
+        if side.fast.base.is_some() {
+            r.idle = self.side_idle(side);
         }
         for local in std::iter::once(side.leg.rtp).chain(side.leg.rtcp) {
             if let Ok(Some(p)) = self.dp.pinhole(local) {

@@ -1,0 +1,206 @@
+//! The in-kernel fast path as the engine drives it (`fast_path` in [`super::EngineConfig`]).
+//!
+//! Once both legs of an answered, spliced pair have received media through the bridge, the
+//! bridge knows where each remote is (latched or signalled) and the data plane has seen the way
+//! back to each of them. The engine then installs a forwarding entry on each leg's RTP pinhole:
+//! what passes it leaves from the other leg's address to the other leg's remote, in XDP,
+//! without reaching the bridge. RTCP stays with the bridge (low rate; its reports stay
+//! visible), and so does anything the kernel cannot forward itself.
+//!
+//! What changes while a pair is offloaded: packet and byte counts come from the pinholes (the
+//! bridge's counts plus what the kernel forwarded since); media timeouts are judged on the
+//! pinholes' idle time too, by an engine timer, since the bridge no longer sees the media; RTP
+//! loss and jitter are the bridge's values from before the offload. Legs whose remote may move
+//! (signalled media handover) are never offloaded: the bridge must watch their probation.
+//! A re-offer (re-INVITE) takes the pair back to the bridge; its answer hands it to the kernel
+//! again once the bridge knows both remotes (a learning leg relatches first). Disabling the
+//! pair and ending the call take it back too; their pinholes close first in any case.
+//!
+//! Owns: when to offload and un-offload, the counter bookkeeping across it. Must not touch:
+//! the pinholes' policy and state (the rest of the engine), the kernel program (the data plane).
+
+use std::time::Duration;
+
+use rtpedge_bridge::LegId;
+use rtpedge_dataplane::{Dataplane, Dscp, ForwardSpec, RemotePolicy};
+
+use super::{Engine, MediaPlane, State, Timestamp};
+
+/// Pinhole counters when a leg was offloaded, and what earlier offloads of it forwarded.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct FastPathCounters {
+    /// Pinhole packets and bytes (frames) at the current offload; `None` when not offloaded.
+    pub base: Option<(u64, u64)>,
+    /// Packets and UDP payload bytes forwarded by the kernel in earlier offloads.
+    pub carried: (u64, u64),
+}
+
+/// Ethernet + IP + UDP header bytes of a frame, subtracted to report UDP payload bytes as the
+/// bridge does.
+fn frame_overhead(ipv6: bool) -> u64 {
+    14 + if ipv6 { 40 } else { 20 } + 8
+}
+
+impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
+    /// Media news from the bridge about `leg` (first packet, latched): offload its pair if it
+    /// is ready.
+    pub(super) fn fast_path_on_media(&mut self, now: Timestamp, leg: LegId) {
+        if !self.cfg.fast_path {
+            return;
+        }
+        let Some(call_id) = self.legs.get(&leg).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        if call.state != State::Answered {
+            return;
+        }
+        let Some(i) = call
+            .pairs
+            .iter()
+            .position(|p| p.sides.iter().any(|s| s.leg.id == leg))
+        else {
+            return;
+        };
+        self.offload_pair(now, &call_id, i);
+    }
+
+    pub(super) fn offload_pair(&mut self, now: Timestamp, call_id: &str, i: usize) {
+        let Some(pair) = self.calls.get(call_id).and_then(|c| c.pairs.get(i)) else {
+            return;
+        };
+        if pair.disabled || pair.splice.is_none() || pair.sides.iter().any(|s| s.fast.base.is_some())
+        {
+            return;
+        }
+        let mut remotes = [None; 2];
+        let mut bases = [(0, 0); 2];
+        for (k, side) in pair.sides.iter().enumerate() {
+            let Ok(st) = self.media.stats(side.leg.id) else {
+                return;
+            };
+            // Media from this side taught the kernel the way back to it.
+            if st.counters.packets_in == 0 {
+                return;
+            }
+            let Ok(Some(ph)) = self.dp.pinhole(side.leg.rtp) else {
+                return;
+            };
+            if matches!(ph.policy, RemotePolicy::Any) {
+                return;
+            }
+            remotes[k] = st.remote;
+            bases[k] = (ph.counters.packets, ph.counters.bytes);
+        }
+        let dscp = pair.dscp.and_then(|d| Dscp::new(d).ok());
+        let legs = [pair.sides[0].leg, pair.sides[1].leg];
+        let specs = [0, 1].map(|k| {
+            remotes[1 - k].map(|to| ForwardSpec {
+                via: legs[1 - k].rtp,
+                to,
+                dscp,
+            })
+        });
+        let [Some(a), Some(b)] = specs else {
+            return;
+        };
+        for (leg, spec) in [(legs[0], a), (legs[1], b)] {
+            if let Err(e) = self.dp.set_forward(leg.rtp, Some(spec)) {
+                tracing::debug!(call = call_id, local = %leg.rtp, error = %e, "no fast path");
+                self.clear_fast_path(call_id, i);
+                return;
+            }
+        }
+        let limit = self.cfg.media_timeout;
+        if let Some(pair) = self.calls.get_mut(call_id).and_then(|c| c.pairs.get_mut(i)) {
+            for (k, side) in pair.sides.iter_mut().enumerate() {
+                side.fast.base = Some(bases[k]);
+            }
+        }
+        tracing::debug!(call = call_id, pair = i, "media forwarded in the kernel");
+        // The bridge no longer sees this media: the engine watches for silence itself.
+        self.schedule(now.mono + limit, call_id);
+    }
+
+    /// Takes pair `i` back to the bridge (re-offer, disable, end): removes the forwarding
+    /// entries and keeps what the kernel forwarded in the counters.
+    pub(super) fn clear_fast_path(&mut self, call_id: &str, i: usize) {
+        if !self.cfg.fast_path {
+            return;
+        }
+        let Some(pair) = self.calls.get(call_id).and_then(|c| c.pairs.get(i)) else {
+            return;
+        };
+        let sides = [0, 1].map(|k| (pair.sides[k].leg.rtp, pair.sides[k].fast.base));
+        let mut carried = [(0, 0); 2];
+        for (k, (local, base)) in sides.into_iter().enumerate() {
+            let Some(base) = base else {
+                // A half-installed offload: make sure no entry stays behind.
+                let _ = self.dp.set_forward(local, None);
+                continue;
+            };
+            if let Ok(Some(ph)) = self.dp.pinhole(local) {
+                let packets = ph.counters.packets.saturating_sub(base.0);
+                let bytes = ph.counters.bytes.saturating_sub(base.1);
+                carried[k] = (
+                    packets,
+                    bytes.saturating_sub(packets * frame_overhead(local.is_ipv6())),
+                );
+            }
+            if let Err(e) = self.dp.set_forward(local, None) {
+                tracing::warn!(call = call_id, %local, error = %e, "removing fast path failed");
+            }
+        }
+        if let Some(pair) = self.calls.get_mut(call_id).and_then(|c| c.pairs.get_mut(i)) {
+            for (k, side) in pair.sides.iter_mut().enumerate() {
+                side.fast.base = None;
+                side.fast.carried.0 += carried[k].0;
+                side.fast.carried.1 += carried[k].1;
+            }
+        }
+    }
+
+    /// Packets and UDP payload bytes the kernel forwarded from `side`'s remote (earlier
+    /// offloads included), for the reports.
+    pub(super) fn fast_path_forwarded(&self, side: &super::Side) -> (u64, u64) {
+        let mut total = side.fast.carried;
+        if let Some(base) = side.fast.base
+            && let Ok(Some(ph)) = self.dp.pinhole(side.leg.rtp)
+        {
+            let packets = ph.counters.packets.saturating_sub(base.0);
+            let bytes = ph.counters.bytes.saturating_sub(base.1);
+            total.0 += packets;
+            total.1 += bytes.saturating_sub(packets * frame_overhead(side.leg.rtp.is_ipv6()));
+        }
+        total
+    }
+
+    /// How long `side` has been silent, as the bridge and, once offloaded, the kernel see it.
+    pub(super) fn side_idle(&self, side: &super::Side) -> Option<Duration> {
+        let bridge = self.media.stats(side.leg.id).ok().and_then(|st| st.idle);
+        if side.fast.base.is_none() {
+            return bridge;
+        }
+        let kernel = self
+            .dp
+            .pinhole(side.leg.rtp)
+            .ok()
+            .flatten()
+            .and_then(|p| p.counters.idle);
+        match (bridge, kernel) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether any pair of the call is offloaded (its silence is the engine's to watch).
+    pub(super) fn has_fast_path(&self, call_id: &str) -> bool {
+        self.calls.get(call_id).is_some_and(|c| {
+            c.pairs
+                .iter()
+                .any(|p| p.sides.iter().any(|s| s.fast.base.is_some()))
+        })
+    }
+}
