@@ -733,6 +733,8 @@ fn fast_path_forwards_spliced_legs(
     assert_eq!(pa.num("packets"), N);
     assert_eq!(pa.num("dropped_wrong_source"), 10);
     assert_eq!(pa.num("tx_packets"), N, "callee → caller left from leg A");
+    assert_eq!(pa.num("forwarded_packets"), N);
+    assert_eq!(pa.num("forwarded_bytes"), N * frame_len(!v6));
     assert_eq!(pa.0["forward"]["via"], b.as_str());
     assert_eq!(pa.0["forward"]["to"], to_callee.as_str());
     assert_eq!(ebpf.pinhole(leg_b).num("tx_packets"), N);

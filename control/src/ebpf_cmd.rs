@@ -342,6 +342,8 @@ fn pinhole_json(p: &PinholeInfo, forward: Option<ForwardSpec>) -> Value {
         "dropped_rate_limited": p.counters.dropped_rate_limited,
         "tx_packets": p.counters.tx_packets,
         "tx_bytes": p.counters.tx_bytes,
+        "forwarded_packets": p.counters.forwarded_packets,
+        "forwarded_bytes": p.counters.forwarded_bytes,
         "idle_ms": p.counters.idle.map(|d| d.as_millis() as u64),
         "forward": forward.map(|f| json!({
             "via": f.via.to_string(),

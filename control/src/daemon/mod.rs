@@ -188,7 +188,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.fast_path && !kernel_dataplane {
         tracing::warn!("--fast-path needs the XDP data plane: media stays in the userspace bridge");
     } else if fast_path {
-        tracing::info!("fast path on: answered calls' RTP is forwarded in the kernel once it flows");
+        tracing::info!(
+            "fast path on: answered calls' RTP is forwarded in the kernel once it flows"
+        );
     }
     let bridge = Arc::new(
         Bridge::start(BridgeConfig {

@@ -7,8 +7,8 @@
 //! without reaching the bridge. RTCP stays with the bridge (low rate; its reports stay
 //! visible), and so does anything the kernel cannot forward itself.
 //!
-//! What changes while a pair is offloaded: packet and byte counts come from the pinholes (the
-//! bridge's counts plus what the kernel forwarded since); media timeouts are judged on the
+//! What changes while a pair is offloaded: packet and byte counts are the bridge's plus what
+//! the kernel forwarded (the pinholes count it); media timeouts are judged on the
 //! pinholes' idle time too, by an engine timer, since the bridge no longer sees the media; RTP
 //! loss and jitter are the bridge's values from before the offload. Legs whose remote may move
 //! (signalled media handover) are never offloaded: the bridge must watch their probation.
@@ -26,13 +26,11 @@ use rtpedge_dataplane::{Dataplane, Dscp, ForwardSpec, RemotePolicy};
 
 use super::{Engine, MediaPlane, State, Timestamp};
 
-/// Pinhole counters when a leg was offloaded, and what earlier offloads of it forwarded.
+/// Whether a side's media is forwarded in the kernel now.
 #[derive(Clone, Copy, Debug, Default)]
-pub(super) struct FastPathCounters {
-    /// Pinhole packets and bytes (frames) at the current offload; `None` when not offloaded.
-    pub base: Option<(u64, u64)>,
-    /// Packets and UDP payload bytes forwarded by the kernel in earlier offloads.
-    pub carried: (u64, u64),
+pub(super) struct FastPathState {
+    /// A forwarding entry is installed on the side's RTP pinhole.
+    pub offloaded: bool,
 }
 
 /// Ethernet + IP + UDP header bytes of a frame, subtracted to report UDP payload bytes as the
@@ -71,12 +69,10 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         let Some(pair) = self.calls.get(call_id).and_then(|c| c.pairs.get(i)) else {
             return;
         };
-        if pair.disabled || pair.splice.is_none() || pair.sides.iter().any(|s| s.fast.base.is_some())
-        {
+        if pair.disabled || pair.splice.is_none() || pair.sides.iter().any(|s| s.fast.offloaded) {
             return;
         }
         let mut remotes = [None; 2];
-        let mut bases = [(0, 0); 2];
         for (k, side) in pair.sides.iter().enumerate() {
             let Ok(st) = self.media.stats(side.leg.id) else {
                 return;
@@ -92,7 +88,6 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 return;
             }
             remotes[k] = st.remote;
-            bases[k] = (ph.counters.packets, ph.counters.bytes);
         }
         let dscp = pair.dscp.and_then(|d| Dscp::new(d).ok());
         let legs = [pair.sides[0].leg, pair.sides[1].leg];
@@ -115,8 +110,8 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         }
         let limit = self.cfg.media_timeout;
         if let Some(pair) = self.calls.get_mut(call_id).and_then(|c| c.pairs.get_mut(i)) {
-            for (k, side) in pair.sides.iter_mut().enumerate() {
-                side.fast.base = Some(bases[k]);
+            for side in pair.sides.iter_mut() {
+                side.fast.offloaded = true;
             }
         }
         tracing::debug!(call = call_id, pair = i, "media forwarded in the kernel");
@@ -125,62 +120,49 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     }
 
     /// Takes pair `i` back to the bridge (re-offer, disable, end): removes the forwarding
-    /// entries and keeps what the kernel forwarded in the counters.
+    /// entries. What the kernel forwarded stays in the pinholes' counters.
     pub(super) fn clear_fast_path(&mut self, call_id: &str, i: usize) {
         if !self.cfg.fast_path {
             return;
         }
-        let Some(pair) = self.calls.get(call_id).and_then(|c| c.pairs.get(i)) else {
+        let Some(pair) = self.calls.get_mut(call_id).and_then(|c| c.pairs.get_mut(i)) else {
             return;
         };
-        let sides = [0, 1].map(|k| (pair.sides[k].leg.rtp, pair.sides[k].fast.base));
-        let mut carried = [(0, 0); 2];
-        for (k, (local, base)) in sides.into_iter().enumerate() {
-            let Some(base) = base else {
-                // A half-installed offload: make sure no entry stays behind.
-                let _ = self.dp.set_forward(local, None);
-                continue;
-            };
-            if let Ok(Some(ph)) = self.dp.pinhole(local) {
-                let packets = ph.counters.packets.saturating_sub(base.0);
-                let bytes = ph.counters.bytes.saturating_sub(base.1);
-                carried[k] = (
-                    packets,
-                    bytes.saturating_sub(packets * frame_overhead(local.is_ipv6())),
-                );
-            }
-            if let Err(e) = self.dp.set_forward(local, None) {
-                tracing::warn!(call = call_id, %local, error = %e, "removing fast path failed");
-            }
+        let locals = [0, 1].map(|k| pair.sides[k].leg.rtp);
+        for side in pair.sides.iter_mut() {
+            side.fast.offloaded = false;
         }
-        if let Some(pair) = self.calls.get_mut(call_id).and_then(|c| c.pairs.get_mut(i)) {
-            for (k, side) in pair.sides.iter_mut().enumerate() {
-                side.fast.base = None;
-                side.fast.carried.0 += carried[k].0;
-                side.fast.carried.1 += carried[k].1;
+        for local in locals {
+            // Also after a half-installed offload: no entry may stay behind.
+            if let Err(e) = self.dp.set_forward(local, None) {
+                tracing::debug!(call = call_id, %local, error = %e, "removing fast path");
             }
         }
     }
 
-    /// Packets and UDP payload bytes the kernel forwarded from `side`'s remote (earlier
-    /// offloads included), for the reports.
+    /// Packets and UDP payload bytes the kernel forwarded from `side`'s remote (over the
+    /// whole call: the pinhole's counters outlive re-offers), for the reports.
     pub(super) fn fast_path_forwarded(&self, side: &super::Side) -> (u64, u64) {
-        let mut total = side.fast.carried;
-        if let Some(base) = side.fast.base
-            && let Ok(Some(ph)) = self.dp.pinhole(side.leg.rtp)
-        {
-            let packets = ph.counters.packets.saturating_sub(base.0);
-            let bytes = ph.counters.bytes.saturating_sub(base.1);
-            total.0 += packets;
-            total.1 += bytes.saturating_sub(packets * frame_overhead(side.leg.rtp.is_ipv6()));
+        if !self.cfg.fast_path {
+            return (0, 0);
         }
-        total
+        match self.dp.pinhole(side.leg.rtp) {
+            Ok(Some(ph)) => {
+                let packets = ph.counters.forwarded_packets;
+                let overhead = packets * frame_overhead(side.leg.rtp.is_ipv6());
+                (
+                    packets,
+                    ph.counters.forwarded_bytes.saturating_sub(overhead),
+                )
+            }
+            _ => (0, 0),
+        }
     }
 
     /// How long `side` has been silent, as the bridge and, once offloaded, the kernel see it.
     pub(super) fn side_idle(&self, side: &super::Side) -> Option<Duration> {
         let bridge = self.media.stats(side.leg.id).ok().and_then(|st| st.idle);
-        if side.fast.base.is_none() {
+        if !side.fast.offloaded {
             return bridge;
         }
         let kernel = self
@@ -200,7 +182,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         self.calls.get(call_id).is_some_and(|c| {
             c.pairs
                 .iter()
-                .any(|p| p.sides.iter().any(|s| s.fast.base.is_some()))
+                .any(|p| p.sides.iter().any(|s| s.fast.offloaded))
         })
     }
 }

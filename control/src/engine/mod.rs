@@ -126,9 +126,8 @@ struct Side {
     remote: Option<MediaDesc>,
     /// Pinholes exist (open or closed) for this leg.
     pinholes: bool,
-    /// In-kernel forwarding of this side's media, if offloaded (and what earlier offloads
-    /// forwarded).
-    fast: fast_path::FastPathCounters,
+    /// Whether this side's media is forwarded in the kernel.
+    fast: fast_path::FastPathState,
 }
 
 #[derive(Clone, Debug)]
@@ -561,7 +560,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             )));
         };
         let other_leg = pair.sides[1 - side].leg;
-        if answered && pair.sides.iter().any(|s| s.fast.base.is_some()) {
+        if answered && pair.sides.iter().any(|s| s.fast.offloaded) {
             // The remote may change: the bridge handles media until it flows again.
             self.clear_fast_path(call_id, i);
             return self.apply_remote(call_id, i, side, desc);
@@ -987,7 +986,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         let (fast_packets, fast_bytes) = self.fast_path_forwarded(side);
         r.packets += fast_packets;
         r.bytes += fast_bytes;
-        if side.fast.base.is_some() {
+        if side.fast.offloaded {
             r.idle = self.side_idle(side);
         }
         for local in std::iter::once(side.leg.rtp).chain(side.leg.rtcp) {

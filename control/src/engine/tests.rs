@@ -686,9 +686,20 @@ fn fast() -> T {
 }
 
 impl T {
-    /// The bridge saw `packets` (172-byte payloads) from the remote of the leg bound on
-    /// `local`, and said so.
+    /// `packets` (172-byte payloads) from the remote of the leg bound on `local` passed its
+    /// pinhole and reached the bridge, which said so.
     fn bridge_heard(&mut self, local: SocketAddr, packets: u64) {
+        let remote = self
+            .e
+            .media()
+            .leg_at(local)
+            .and_then(|l| l.remote)
+            .and_then(|r| r.rtp)
+            .expect("signalled remote");
+        for _ in 0..packets {
+            let v = self.e.dataplane_mut().deliver(remote, local, 214);
+            assert!(matches!(v, Verdict::Pass(_)), "{v:?}");
+        }
         let leg = {
             let l = self
                 .e
@@ -736,7 +747,9 @@ fn fast_path_takes_over_once_both_sides_were_heard() {
     t.bridge_heard(a_leg, 3);
     assert_eq!(t.forward(a_leg), None);
     t.bridge_heard(b_leg, 2);
-    let to_callee = t.forward(a_leg).expect("caller's media forwarded in the kernel");
+    let to_callee = t
+        .forward(a_leg)
+        .expect("caller's media forwarded in the kernel");
     assert_eq!(to_callee.via, b_leg, "leaves from the callee-facing leg");
     assert_eq!(to_callee.to, sa(CALLEE));
     assert_eq!(to_callee.dscp.map(|d| d.value()), Some(46));
@@ -791,7 +804,10 @@ fn fast_path_media_timeout_watches_the_kernel() {
             },
         );
         let ev = t.events();
-        assert!(ev.is_empty(), "media flows in the kernel: no timeout: {ev:?}");
+        assert!(
+            ev.is_empty(),
+            "media flows in the kernel: no timeout: {ev:?}"
+        );
     }
     // Silence in the kernel too: the engine's own watch ends the call at the timeout.
     let deadline = t.now.mono + Duration::from_secs(60);
@@ -841,7 +857,11 @@ fn fast_path_reinvite_returns_to_the_bridge_then_back() {
     let to_callee = t.forward(a_leg).expect("back in the kernel");
     assert_eq!(to_callee.to, sa(moved), "to the new address");
     let report = t.e.query("c1").unwrap();
-    assert_eq!(report.media[0].from_b.packets, 1 + 10, "what was forwarded is kept");
+    assert_eq!(
+        report.media[0].from_b.packets,
+        1 + 10,
+        "what was forwarded is kept"
+    );
 }
 
 #[test]

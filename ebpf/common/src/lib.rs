@@ -179,6 +179,10 @@ pub struct PinholeStats {
     pub tokens: u64,
     /// Token bucket: monotonic time (ns) of the last refill; 0 = bucket not yet initialised.
     pub tokens_at_ns: u64,
+    /// Passed packets the fast path forwarded in the kernel (a subset of `packets`).
+    pub fwd_packets: u64,
+    /// Their bytes (frames as received).
+    pub fwd_bytes: u64,
 }
 
 /// The source latched by a learning pinhole.
@@ -382,7 +386,7 @@ layout_table! {
     Pinhole { remote_addr, remote_port, policy, state, dscp, _pad, rate_pps, burst, learn_deadline_ns }
     PinholeStats {
         packets, bytes, last_seen_ns, dropped_closed, dropped_wrong_source, dropped_rate_limited,
-        tx_packets, tx_bytes, tokens, tokens_at_ns,
+        tx_packets, tx_bytes, tokens, tokens_at_ns, fwd_packets, fwd_bytes,
     }
     LearnedSource { addr, port, _pad, learned_at_ns }
     Config { port_min, port_max, flags }
@@ -395,7 +399,7 @@ layout_table! {
 const _: () = assert!(core::mem::size_of::<PinholeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Pinhole>() == 40);
 const _: () = assert!(core::mem::align_of::<Pinhole>() == 8);
-const _: () = assert!(core::mem::size_of::<PinholeStats>() == 80);
+const _: () = assert!(core::mem::size_of::<PinholeStats>() == 96);
 const _: () = assert!(core::mem::size_of::<LearnedSource>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<Meta>() == 8);

@@ -153,6 +153,24 @@ impl FakeDataplane {
         e.stats.bytes += frame_len;
         e.stats.last_seen_ns = now;
         let dscp = (e.ph.dscp != rtpedge_common::DSCP_NONE).then(|| Dscp::new(e.ph.dscp).ok());
+        let forward = e.forward;
+        if let Some(f) = forward {
+            // As the kernel: forwarded once the other leg's remote has been heard (the way
+            // back is learned from its media), else up the stack.
+            let way_back = self
+                .entries
+                .get(&f.via)
+                .is_some_and(|(_, other)| other.stats.packets > 0);
+            if way_back {
+                if let Some((_, e)) = self.entries.get_mut(&dst) {
+                    e.stats.fwd_packets += 1;
+                    e.stats.fwd_bytes += frame_len;
+                }
+                self.counters[Counter::Forwarded as usize] += 1;
+            } else {
+                self.counters[Counter::ForwardFallback as usize] += 1;
+            }
+        }
         (Verdict::Pass(dscp.flatten()), Counter::Passed)
     }
 
@@ -177,6 +195,8 @@ impl FakeDataplane {
             dropped_rate_limited: e.stats.dropped_rate_limited,
             tx_packets: e.stats.tx_packets,
             tx_bytes: e.stats.tx_bytes,
+            forwarded_packets: e.stats.fwd_packets,
+            forwarded_bytes: e.stats.fwd_bytes,
             idle: (e.stats.last_seen_ns != 0)
                 .then(|| Duration::from_nanos(self.now_ns.saturating_sub(e.stats.last_seen_ns))),
         };

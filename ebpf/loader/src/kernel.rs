@@ -250,6 +250,8 @@ impl KernelDataplane {
             c.dropped_rate_limited += s.dropped_rate_limited;
             c.tx_packets += s.tx_packets;
             c.tx_bytes += s.tx_bytes;
+            c.forwarded_packets += s.fwd_packets;
+            c.forwarded_bytes += s.fwd_bytes;
             last = last.max(s.last_seen_ns);
         }
         c.idle = (last != 0).then(|| Duration::from_nanos(now.saturating_sub(last)));

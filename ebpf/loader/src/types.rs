@@ -210,6 +210,10 @@ pub struct PinholeCounters {
     pub tx_packets: u64,
     /// Bytes the host sent from it.
     pub tx_bytes: u64,
+    /// Passed packets the fast path forwarded in the kernel (included in `packets`).
+    pub forwarded_packets: u64,
+    /// Their bytes (frames as received).
+    pub forwarded_bytes: u64,
     /// Time since the last passed packet, if any has passed.
     pub idle: Option<Duration>,
 }

@@ -378,6 +378,10 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
             (*s).packets += 1;
             (*s).bytes += len;
             (*s).last_seen_ns = now;
+            if forwarded {
+                (*s).fwd_packets += 1;
+                (*s).fwd_bytes += len;
+            }
         }
     }
     count(Counter::Passed);
