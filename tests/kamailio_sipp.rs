@@ -1196,7 +1196,7 @@ fn calls_through_rtpedge(test: &str, fast_path: bool) {
     let mut stmt = db
         .prepare(
             "SELECT call_id, end_reason, answer_at, end_at, duration_ms, packets_ab, packets_ba, \
-             bytes_ab, bytes_ba, dropped_xdp FROM cdrs ORDER BY call_id",
+             bytes_ab, bytes_ba, dropped_xdp, lost_ab + lost_ba FROM cdrs ORDER BY call_id",
         )
         .expect("CDR query");
     type Row = (
@@ -1204,6 +1204,7 @@ fn calls_through_rtpedge(test: &str, fast_path: bool) {
         Option<String>,
         Option<i64>,
         Option<i64>,
+        i64,
         i64,
         i64,
         i64,
@@ -1224,6 +1225,7 @@ fn calls_through_rtpedge(test: &str, fast_path: bool) {
                 r.get(7)?,
                 r.get(8)?,
                 r.get(9)?,
+                r.get(10)?,
             ))
         })
         .expect("reading CDRs")
@@ -1238,7 +1240,7 @@ fn calls_through_rtpedge(test: &str, fast_path: bool) {
             .collect::<Vec<_>>(),
         "one CDR per call sipp placed"
     );
-    for (id, reason, answer_at, end_at, duration, pab, pba, bab, bba, xdp) in &rows {
+    for (id, reason, answer_at, end_at, duration, pab, pba, bab, bba, xdp, lost) in &rows {
         assert_eq!(reason.as_deref(), Some("delete"), "{id}");
         let (Some(answer_at), Some(end_at)) = (answer_at, end_at) else {
             panic!("{id}: answer_at {answer_at:?}, end_at {end_at:?}");
@@ -1251,6 +1253,8 @@ fn calls_through_rtpedge(test: &str, fast_path: bool) {
             (pcap_packets, pcap_packets),
             "{id}: packets ab, ba"
         );
+        // sipp plays the pcap's unbroken sequence: nothing lost, whichever path counted it.
+        assert_eq!(*lost, 0, "{id}: lost packets");
         assert!(*bab > 0 && *bba > 0, "{id}: bytes ab {bab}, ba {bba}");
         if *id == first {
             assert!(

@@ -621,6 +621,27 @@ fn udp_snmp(ns: &str, v6: bool, name: &str) -> u64 {
     values[i].parse().expect("number")
 }
 
+/// A G.711-sized RTP packet (PT 0) of stream `ssrc`, sequence number and timestamp from `seq`.
+fn rtp_payload(ssrc: u32, seq: u64) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&(seq as u16).to_be_bytes());
+    p.extend_from_slice(&((seq as u32) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&numbered_payload(seq)[..160]);
+    p
+}
+
+fn send_rtp(
+    from: &rtpedge_tests::UdpEndpoint,
+    to: SocketAddr,
+    ssrc: u32,
+    seqs: std::ops::Range<u64>,
+) {
+    for seq in seqs {
+        from.send_to(&rtp_payload(ssrc, seq), to);
+    }
+}
+
 /// The in-kernel fast path between two legs, in one address family: caller and callee both
 /// sit in the sender's namespace, the edge (receiving namespace) binds no socket at all, so
 /// every packet that arrives was forwarded by XDP itself.
@@ -682,17 +703,17 @@ fn fast_path_forwards_spliced_legs(
 
     // Until the callee has sent something, the way to it is unknown: that first packet goes up
     // the stack (to the bridge, absent here) and teaches the fast path the next hop.
-    callee_sock.send_numbered(leg_b, 99..100);
+    send_rtp(&callee_sock, leg_b, 0xb, 99..100);
     wait_judged(ebpf, leg_b, 1);
     assert_eq!(ebpf.counters().get("forward_fallback"), 1);
 
     const N: u64 = 50;
     // An injector aiming at leg A from the callee's address but another port: dropped by the
     // pinhole, never forwarded, never redirects anything.
-    intruder.send_numbered(leg_a, 9000..9010);
+    send_rtp(&intruder, leg_a, 0xc, 9000..9010);
     caller_sock.set_tos(0x01); // ECT(1): ECN must survive the DSCP rewrite
-    caller_sock.send_numbered(leg_a, 0..N);
-    callee_sock.send_numbered(leg_b, 100..100 + N);
+    send_rtp(&caller_sock, leg_a, 0xa, 0..N);
+    send_rtp(&callee_sock, leg_b, 0xb, 100..100 + N);
 
     let at_callee = callee_sock.recv_n(N as usize, TIMEOUT);
     let at_caller = caller_sock.recv_n(N as usize, TIMEOUT);
@@ -707,14 +728,14 @@ fn fast_path_forwards_spliced_legs(
         assert_eq!(d.from, leg_b, "leaves from the callee-facing leg");
         assert_eq!(
             d.payload,
-            numbered_payload(i as u64),
+            rtp_payload(0xa, i as u64),
             "payload untouched, in order"
         );
         assert_eq!(d.tos, Some(EF_TOS | 0x01), "EF, ECN kept");
     }
     for (i, d) in at_caller.iter().enumerate() {
         assert_eq!(d.from, leg_a, "leaves from the caller-facing leg");
-        assert_eq!(d.payload, numbered_payload(100 + i as u64));
+        assert_eq!(d.payload, rtp_payload(0xb, 100 + i as u64));
         assert_eq!(d.tos, Some(EF_TOS));
     }
     assert!(intruder.queued().is_empty());
@@ -734,6 +755,15 @@ fn fast_path_forwards_spliced_legs(
     assert_eq!(pa.num("dropped_wrong_source"), 10);
     assert_eq!(pa.num("tx_packets"), N, "callee → caller left from leg A");
     assert_eq!(pa.num("forwarded_packets"), N);
+    // The kernel kept the stream's statistics by the bridge's rules: one sequence space,
+    // nothing lost.
+    let rtp = &pa.0["forwarded_rtp"];
+    assert_eq!(rtp["ssrc"], 0xa, "{rtp}");
+    assert_eq!(
+        (rtp["expected"].as_u64(), rtp["lost"].as_i64()),
+        (Some(N), Some(0)),
+        "{rtp}"
+    );
     assert_eq!(pa.num("forwarded_bytes"), N * frame_len(!v6));
     assert_eq!(pa.0["forward"]["via"], b.as_str());
     assert_eq!(pa.0["forward"]["to"], to_callee.as_str());
@@ -741,7 +771,7 @@ fn fast_path_forwards_spliced_legs(
 
     // Closing a pinhole (BYE) stops its direction at once, forwarding entry or not.
     ebpf.ok(&["pinhole", "close", "--local", &a]);
-    caller_sock.send_numbered(leg_a, 1000..1010);
+    send_rtp(&caller_sock, leg_a, 0xa, 1000..1010);
     wait_judged(ebpf, leg_a, N + 10 + 10);
     assert!(callee_sock.recv_n(1, Duration::from_millis(300)).is_empty());
     assert_eq!(ebpf.pinhole(leg_a).num("dropped_closed"), 10);
@@ -749,7 +779,7 @@ fn fast_path_forwards_spliced_legs(
     // Unforward: media goes up the stack again, where (no bridge here) nothing is listening.
     ebpf.ok(&["pinhole", "unforward", "--local", &b]);
     assert!(ebpf.pinhole(leg_b).0["forward"].is_null());
-    callee_sock.send_numbered(leg_b, 2000..2010);
+    send_rtp(&callee_sock, leg_b, 0xb, 2000..2010);
     wait_judged(ebpf, leg_b, 1 + N + 10);
     assert!(caller_sock.recv_n(1, Duration::from_millis(300)).is_empty());
     assert_eq!(ebpf.counters().get("forwarded"), 2 * N);

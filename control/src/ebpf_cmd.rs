@@ -115,6 +115,12 @@ enum PinholeCmd {
         /// DSCP of the forwarded packets (0-63; default: keep theirs).
         #[arg(long)]
         dscp: Option<u8>,
+        /// RTP clock rate of the media (jitter of what the kernel forwards).
+        #[arg(long, default_value_t = 8000)]
+        clock_rate: u32,
+        /// SRTP: do not check the (encrypted) RTP padding count.
+        #[arg(long)]
+        srtp: bool,
     },
     /// Stop forwarding in the kernel: media goes up to the bridge again.
     Unforward {
@@ -229,7 +235,13 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<()> {
             if json {
                 let arr = list
                     .iter()
-                    .map(|p| Ok(pinhole_json(p, dp.forward(p.local)?)))
+                    .map(|p| {
+                        Ok(pinhole_json(
+                            p,
+                            dp.forward(p.local)?,
+                            dp.forwarded_rtp(p.local)?,
+                        ))
+                    })
                     .collect::<anyhow::Result<Vec<Value>>>()?;
                 println!("{}", serde_json::to_string_pretty(&arr)?);
             } else {
@@ -293,11 +305,15 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<()> {
                     via,
                     to,
                     dscp,
+                    clock_rate,
+                    srtp,
                 } => {
                     let spec = ForwardSpec {
                         via,
                         to,
                         dscp: dscp.map(Dscp::new).transpose()?,
+                        clock_rate,
+                        check_padding: !srtp,
                     };
                     dp.set_forward(local, Some(spec))
                         .with_context(|| format!("forwarding pinhole {local}"))?;
@@ -326,7 +342,11 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pinhole_json(p: &PinholeInfo, forward: Option<ForwardSpec>) -> Value {
+fn pinhole_json(
+    p: &PinholeInfo,
+    forward: Option<ForwardSpec>,
+    rtp: Option<rtpedge_dataplane::StreamStats>,
+) -> Value {
     json!({
         "local": p.local.to_string(),
         "remote": p.remote_display(),
@@ -349,6 +369,16 @@ fn pinhole_json(p: &PinholeInfo, forward: Option<ForwardSpec>) -> Value {
             "via": f.via.to_string(),
             "to": f.to.to_string(),
             "dscp": f.dscp.map(|d| d.value()),
+            "clock_rate": f.clock_rate,
+        })),
+        "forwarded_rtp": rtp.map(|s| json!({
+            "ssrc": s.ssrc(),
+            "expected": s.expected(),
+            "received": s.received(),
+            "lost": s.lost(),
+            "reordered": s.reordered(),
+            "duplicates": s.duplicates(),
+            "jitter_us": s.jitter().as_micros() as u64,
         })),
     })
 }

@@ -10,7 +10,8 @@
 //! What changes while a pair is offloaded: packet and byte counts are the bridge's plus what
 //! the kernel forwarded (the pinholes count it); media timeouts are judged on the
 //! pinholes' idle time too, by an engine timer, since the bridge no longer sees the media; RTP
-//! loss and jitter are the bridge's values from before the offload. Legs whose remote may move
+//! loss adds what the kernel counted (by the bridge's rules, `rtpedge_common::rtp_stats`) to
+//! the bridge's, and jitter is the kernel's while it forwards. Legs whose remote may move
 //! (signalled media handover) are never offloaded: the bridge must watch their probation.
 //! A re-offer (re-INVITE) takes the pair back to the bridge; its answer hands it to the kernel
 //! again once the bridge knows both remotes (a learning leg relatches first). Disabling the
@@ -31,6 +32,20 @@ use super::{Engine, MediaPlane, State, Timestamp};
 pub(super) struct FastPathState {
     /// A forwarding entry is installed on the side's RTP pinhole.
     pub offloaded: bool,
+}
+
+/// The RTP clock rate of a media section: from its codec (`PCMU/8000`), else the usual one of
+/// its kind (90 kHz video, 8 kHz audio).
+fn clock_rate(kind: &str, codec: Option<&str>) -> u32 {
+    codec
+        .and_then(|c| c.split('/').nth(1))
+        .and_then(|r| r.trim().parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(if kind.eq_ignore_ascii_case("video") {
+            90_000
+        } else {
+            8_000
+        })
 }
 
 /// Ethernet + IP + UDP header bytes of a frame, subtracted to report UDP payload bytes as the
@@ -90,12 +105,17 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             remotes[k] = st.remote;
         }
         let dscp = pair.dscp.and_then(|d| Dscp::new(d).ok());
+        let clock_rate = clock_rate(&pair.kind, pair.codec.as_deref());
+        // SRTP encrypts the padding count: only its header can be checked.
+        let check_padding = !pair.protocol.to_ascii_uppercase().contains("SAVP");
         let legs = [pair.sides[0].leg, pair.sides[1].leg];
         let specs = [0, 1].map(|k| {
             remotes[1 - k].map(|to| ForwardSpec {
                 via: legs[1 - k].rtp,
                 to,
                 dscp,
+                clock_rate,
+                check_padding,
             })
         });
         let [Some(a), Some(b)] = specs else {
@@ -159,6 +179,16 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         }
     }
 
+    /// Loss and jitter of `side`'s media as the kernel counted what it forwarded, if it ever
+    /// did: `(lost, jitter)`.
+    pub(super) fn fast_path_rtp(&self, side: &super::Side) -> Option<(i64, Duration)> {
+        if !self.cfg.fast_path {
+            return None;
+        }
+        let st = self.dp.forwarded_rtp(side.leg.rtp).ok().flatten()?;
+        (st.packets() > 0).then(|| (st.lost(), st.jitter()))
+    }
+
     /// How long `side` has been silent, as the bridge and, once offloaded, the kernel see it.
     pub(super) fn side_idle(&self, side: &super::Side) -> Option<Duration> {
         let bridge = self.media.stats(side.leg.id).ok().and_then(|st| st.idle);
@@ -184,5 +214,20 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 .iter()
                 .any(|p| p.sides.iter().any(|s| s.fast.offloaded))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_rate;
+
+    #[test]
+    fn clock_rates_from_codecs_and_kinds() {
+        assert_eq!(clock_rate("audio", Some("PCMU/8000")), 8000);
+        assert_eq!(clock_rate("audio", Some("opus/48000/2")), 48000);
+        assert_eq!(clock_rate("video", Some("H264/90000")), 90000);
+        assert_eq!(clock_rate("video", None), 90000);
+        assert_eq!(clock_rate("audio", Some("weird")), 8000);
+        assert_eq!(clock_rate("audio", Some("x/0")), 8000);
     }
 }

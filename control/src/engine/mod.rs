@@ -989,6 +989,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if side.fast.offloaded {
             r.idle = self.side_idle(side);
         }
+        if let Some((lost, jitter)) = self.fast_path_rtp(side) {
+            r.lost += lost;
+            if side.fast.offloaded {
+                r.jitter = jitter;
+            }
+        }
         for local in std::iter::once(side.leg.rtp).chain(side.leg.rtcp) {
             if let Ok(Some(p)) = self.dp.pinhole(local) {
                 r.dropped_xdp += p.counters.dropped();

@@ -8,6 +8,79 @@
 
 use crate::{DSCP_NONE, Forward, logic::tos_with_dscp};
 
+/// [`Forward::flags`]: check the RTP padding count (plain RTP; SRTP encrypts it).
+pub const FORWARD_CHECK_PADDING: u8 = 1;
+
+/// What the fast path needs of an RTP packet it forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtpFields {
+    /// Sequence number.
+    pub seq: u16,
+    /// Timestamp.
+    pub timestamp: u32,
+    /// SSRC.
+    pub ssrc: u32,
+}
+
+/// Whether a UDP payload of `len` bytes starting with `fixed` is RTP that the fast path may
+/// forward, by the bridge's rules (`rtpedge_bridge::rtp::parse`): version 2, CSRC list and
+/// header extension inside the datagram, padding count (with [`FORWARD_CHECK_PADDING`]) between
+/// 1 and the payload's length. RTCP multiplexed on the RTP port (second byte 192..=223, RFC
+/// 5761) is `None` too: the bridge handles it. `read4(off)` and `read1(off)` read the datagram
+/// at `off` (the program: bounds-checked packet reads; tests: a slice).
+#[inline(always)]
+pub fn rtp_for_fast_path(
+    fixed: &[u8; 12],
+    len: usize,
+    check_padding: bool,
+    read4: impl FnOnce(usize) -> Option<[u8; 4]>,
+    read1: impl FnOnce(usize) -> Option<u8>,
+) -> Option<RtpFields> {
+    if len < 12 || fixed[0] >> 6 != 2 || (192..=223).contains(&fixed[1]) {
+        return None;
+    }
+    let mut header_len = 12 + 4 * usize::from(fixed[0] & 0x0f);
+    if header_len > len {
+        return None;
+    }
+    if fixed[0] & 0x10 != 0 {
+        if header_len + 4 > len {
+            return None;
+        }
+        let ext = read4(header_len)?;
+        header_len += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        if header_len > len {
+            return None;
+        }
+    }
+    if check_padding && fixed[0] & 0x20 != 0 {
+        if header_len >= len {
+            return None;
+        }
+        let pad = usize::from(read1(len - 1)?);
+        if pad == 0 || pad > len - header_len {
+            return None;
+        }
+    }
+    Some(RtpFields {
+        seq: u16::from_be_bytes([fixed[2], fixed[3]]),
+        timestamp: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
+        ssrc: u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]),
+    })
+}
+
+/// [`rtp_for_fast_path`] over a whole datagram in memory (host tests and tools).
+pub fn rtp_for_fast_path_in(datagram: &[u8], check_padding: bool) -> Option<RtpFields> {
+    let fixed: &[u8; 12] = datagram.first_chunk()?;
+    rtp_for_fast_path(
+        fixed,
+        datagram.len(),
+        check_padding,
+        |off| datagram.get(off..off + 4)?.try_into().ok(),
+        |off| datagram.get(off).copied(),
+    )
+}
+
 /// Hop limit / TTL of forwarded packets: they leave as packets the host sends, not as routed
 /// ones, so the hop count towards the caller says nothing about the callee.
 pub const FORWARD_TTL: u8 = 64;
@@ -312,6 +385,48 @@ mod tests {
             let want = udp_checksum(&ip[8..24], &ip[24..40], &udp, &payload);
             assert_eq!(u16::from_be_bytes([udp[6], udp[7]]), want);
         }
+    }
+
+    #[test]
+    fn rtp_checks_follow_the_bridge_rules() {
+        let mut p = std::vec![
+            0x80, 0, 0x12, 0x34, 0, 0, 0x01, 0x00, 0xde, 0xad, 0xbe, 0xef
+        ];
+        p.extend_from_slice(&[0xd5; 160]);
+        let f = rtp_for_fast_path_in(&p, true).expect("plain RTP");
+        assert_eq!((f.seq, f.timestamp, f.ssrc), (0x1234, 256, 0xdead_beef));
+        // Wrong version, RTCP on the RTP port, too short.
+        let mut q = p.clone();
+        q[0] = 0x40;
+        assert_eq!(rtp_for_fast_path_in(&q, true), None);
+        let mut q = p.clone();
+        q[1] = 200;
+        assert_eq!(rtp_for_fast_path_in(&q, true), None);
+        assert_eq!(rtp_for_fast_path_in(&p[..11], true), None);
+        // CSRCs past the end; extension header and its words past the end.
+        let mut q = p[..20].to_vec();
+        q[0] = 0x80 | 3;
+        assert_eq!(rtp_for_fast_path_in(&q, true), None);
+        let mut q = p[..16].to_vec();
+        q[0] = 0x90;
+        q[12..16].copy_from_slice(&[0xbe, 0xde, 0, 1]);
+        assert_eq!(
+            rtp_for_fast_path_in(&q, true),
+            None,
+            "1 word announced, none there"
+        );
+        q.extend_from_slice(&[1, 2, 3, 4]);
+        assert!(rtp_for_fast_path_in(&q, true).is_some());
+        // Padding: count 0, or larger than the payload, is invalid; SRTP skips the check.
+        let mut q = p.clone();
+        q[0] = 0xa0;
+        *q.last_mut().unwrap() = 0;
+        assert_eq!(rtp_for_fast_path_in(&q, true), None);
+        assert!(rtp_for_fast_path_in(&q, false).is_some());
+        *q.last_mut().unwrap() = 161;
+        assert_eq!(rtp_for_fast_path_in(&q, true), None);
+        *q.last_mut().unwrap() = 160;
+        assert!(rtp_for_fast_path_in(&q, true).is_some());
     }
 
     #[test]

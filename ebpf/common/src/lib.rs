@@ -15,6 +15,7 @@
 
 pub mod forward;
 pub mod logic;
+pub mod rtp_stats;
 
 /// Version of the pinned map layout. Bump on any change to a map's key, value, size or meaning.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -54,8 +55,12 @@ pub mod map_names {
     /// addresses and interface of the last packet that passed: the way back to its remote.
     /// Written by the kernel only.
     pub const NEXTHOPS: &str = "NEXTHOPS";
+    /// `HASH<PinholeKey, StreamStats>`: RFC 3550 receive statistics of the RTP the fast path
+    /// forwarded from a pinhole. Created by the daemon with the forwarding entry (it knows the
+    /// clock rate), updated by the kernel.
+    pub const RTP_STATS: &str = "RTP_STATS";
     /// Every map that is pinned, in the order they are checked and unpinned.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         PINHOLES,
         PINHOLE_STATS,
         LEARNED,
@@ -64,6 +69,7 @@ pub mod map_names {
         META,
         FORWARDS,
         NEXTHOPS,
+        RTP_STATS,
     ];
 }
 
@@ -357,6 +363,8 @@ pub const LAYOUT_SYMBOL: &str = "RTPEDGE_LAYOUT";
 /// ELF section of [`LAYOUT_SYMBOL`]; not a map or program section, so the loader ignores it.
 pub const LAYOUT_SECTION: &str = ".rtpedge.layout";
 
+use rtp_stats::StreamStats;
+
 macro_rules! layout_table {
     ($($ty:ident { $($field:ident),* $(,)? })*) => {
         /// Sizes, alignments and field offsets of every shared type, in a fixed order, as
@@ -393,6 +401,11 @@ layout_table! {
     Meta { magic, schema }
     Forward { src_addr, dst_addr, src_port, dst_port, dscp, flags, _pad }
     NextHop { remote_mac, local_mac, ifindex }
+    StreamStats {
+        clock_rate, ssrc, bad_seq, ssrc_changes, sequence_restarts, last_transit, max_seq,
+        probation, flags, _pad, packets, bytes, last_arrival_ns, ext_max, ext_base, received,
+        window, prior_expected, prior_received, reordered, duplicates, jitter_q4,
+    }
 }
 
 // Compile-time layout checks: a change here must be deliberate (and bump SCHEMA_VERSION).
@@ -405,6 +418,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<Meta>() == 8);
 const _: () = assert!(core::mem::size_of::<Forward>() == 40);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
+const _: () = assert!(core::mem::size_of::<StreamStats>() == 136);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -418,4 +432,5 @@ mod pod {
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::Forward {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::rtp_stats::StreamStats {}
 }

@@ -33,6 +33,8 @@ struct Entry {
     /// Kept and validated like the kernel keeps it; whether a packet would take the fast path
     /// depends on the host's routes, so [`FakeDataplane::deliver`] still answers `Pass`.
     forward: Option<ForwardSpec>,
+    /// Created with the first forwarding entry, as the kernel's (the fake has no RTP to count).
+    rtp: Option<rtpedge_common::rtp_stats::StreamStats>,
 }
 
 /// In-memory data plane with a virtual monotonic clock.
@@ -234,6 +236,7 @@ impl Dataplane for FakeDataplane {
                     stats: PinholeStats::default(),
                     learned: None,
                     forward: None,
+                    rtp: None,
                 },
             ),
         );
@@ -310,13 +313,26 @@ impl Dataplane for FakeDataplane {
         if let Some(f) = &forward {
             f.to_map()?;
         }
-        self.entry_mut(local)?.forward = forward;
+        let e = self.entry_mut(local)?;
+        if let Some(f) = &forward {
+            e.rtp
+                .get_or_insert(rtpedge_common::rtp_stats::StreamStats::new(f.clock_rate));
+        }
+        e.forward = forward;
         Ok(())
     }
 
     fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
         key_of(local)?;
         Ok(self.entries.get(&local).and_then(|(_, e)| e.forward))
+    }
+
+    fn forwarded_rtp(
+        &self,
+        local: SocketAddr,
+    ) -> Result<Option<rtpedge_common::rtp_stats::StreamStats>, DataplaneError> {
+        key_of(local)?;
+        Ok(self.entries.get(&local).and_then(|(_, e)| e.rtp))
     }
 }
 

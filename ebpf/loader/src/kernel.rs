@@ -10,8 +10,11 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use rtpedge_common::{
     Config, Counter, Forward, LearnedSource, MAX_PINHOLES, META_MAGIC, Meta, NextHop, Pinhole,
-    PinholeKey, PinholeStats, SCHEMA_VERSION, map_names, policy, state,
+    PinholeKey, PinholeStats, SCHEMA_VERSION, map_names, policy, rtp_stats::StreamStats, state,
 };
+
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     Dataplane, DataplaneError, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
@@ -28,6 +31,7 @@ pub struct KernelDataplane {
     learned: HashMap<MapData, PinholeKey, LearnedSource>,
     forwards: HashMap<MapData, PinholeKey, Forward>,
     next_hops: HashMap<MapData, PinholeKey, NextHop>,
+    rtp_stats: HashMap<MapData, PinholeKey, StreamStats>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
     meta: Array<MapData, Meta>,
@@ -71,6 +75,12 @@ pub(crate) fn expected_layout(name: &str) -> Option<(aya::maps::MapType, u32, u3
             T::Hash,
             sz(size_of::<PinholeKey>()),
             sz(size_of::<NextHop>()),
+            MAX_PINHOLES,
+        ),
+        map_names::RTP_STATS => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<StreamStats>()),
             MAX_PINHOLES,
         ),
         _ => return None,
@@ -146,6 +156,8 @@ impl KernelDataplane {
             forwards: HashMap::try_from(take(map_names::FORWARDS)?).map_err(map_err("FORWARDS"))?,
             next_hops: HashMap::try_from(take(map_names::NEXTHOPS)?)
                 .map_err(map_err("NEXTHOPS"))?,
+            rtp_stats: HashMap::try_from(take(map_names::RTP_STATS)?)
+                .map_err(map_err("RTP_STATS"))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)
                 .map_err(map_err("COUNTERS"))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(map_err("CONFIG"))?,
@@ -345,6 +357,7 @@ impl Dataplane for KernelDataplane {
         }
         remove_present(self.forwards.remove(&key), "removing from FORWARDS")?;
         remove_present(self.next_hops.remove(&key), "removing from NEXTHOPS")?;
+        remove_present(self.rtp_stats.remove(&key), "removing from RTP_STATS")?;
         remove_present(self.learned.remove(&key), "removing from LEARNED")?;
         remove_present(self.stats.remove(&key), "removing from PINHOLE_STATS")?;
         Ok(())
@@ -435,6 +448,17 @@ impl Dataplane for KernelDataplane {
                 if self.get(&key)?.is_none() {
                     return Err(DataplaneError::NoSuchPinhole(local));
                 }
+                // The stream's statistics start with its first entry and survive re-entries
+                // (BPF_NOEXIST keeps what the kernel counted so far).
+                match self
+                    .rtp_stats
+                    .insert(key, StreamStats::new(f.clock_rate), BPF_NOEXIST)
+                {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(full_or(e, "writing RTP_STATS")),
+                }
                 self.forwards
                     .insert(key, value, 0)
                     .map_err(|e| full_or(e, "writing FORWARDS"))
@@ -446,10 +470,22 @@ impl Dataplane for KernelDataplane {
     }
 
     fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
-        match self.forwards.get(&key_of(local)?, 0) {
-            Ok(f) => Ok(Some(ForwardSpec::from_map(&f))),
+        let key = key_of(local)?;
+        match self.forwards.get(&key, 0) {
+            Ok(f) => {
+                let rate = self.forwarded_rtp(local)?.map_or(0, |s| s.clock_rate());
+                Ok(Some(ForwardSpec::from_map(&f, rate)))
+            }
             Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(DataplaneError::bpf("reading FORWARDS", e)),
+        }
+    }
+
+    fn forwarded_rtp(&self, local: SocketAddr) -> Result<Option<StreamStats>, DataplaneError> {
+        match self.rtp_stats.get(&key_of(local)?, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(DataplaneError::bpf("reading RTP_STATS", e)),
         }
     }
 }

@@ -23,7 +23,7 @@ pub use fake::{FakeDataplane, Verdict};
 pub use kernel::KernelDataplane;
 pub use loader::{Attachment, LoadOptions, LoadReport, Status, UnloadReport, load, status, unload};
 pub use pin::{DEFAULT_PIN_ROOT, PinLayout, enter_netns, escape_ip_netns_exec_mount_namespace};
-pub use rtpedge_common::{Counter, SCHEMA_VERSION};
+pub use rtpedge_common::{Counter, SCHEMA_VERSION, rtp_stats::StreamStats};
 pub use types::{
     AttachMode, Dscp, ForwardSpec, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
     PinholeState, RateLimit, RemotePolicy, parse_port_range, parse_remote,
@@ -77,6 +77,9 @@ pub trait Dataplane {
     ) -> Result<(), DataplaneError>;
     /// The pinhole's forwarding entry, if any.
     fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError>;
+    /// RFC 3550 statistics of the RTP the kernel forwarded from the pinhole (kept from its first
+    /// forwarding entry until the pinhole is removed), if it ever had one.
+    fn forwarded_rtp(&self, local: SocketAddr) -> Result<Option<StreamStats>, DataplaneError>;
 }
 
 /// A boxed data plane is a data plane: the daemon picks the kernel one or the in-memory one
@@ -129,5 +132,8 @@ impl<T: Dataplane + ?Sized> Dataplane for Box<T> {
     }
     fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
         (**self).forward(local)
+    }
+    fn forwarded_rtp(&self, local: SocketAddr) -> Result<Option<StreamStats>, DataplaneError> {
+        (**self).forwarded_rtp(local)
     }
 }

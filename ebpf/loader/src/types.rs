@@ -136,6 +136,10 @@ pub struct ForwardSpec {
     pub to: SocketAddr,
     /// DSCP of the forwarded packets (the spliced leg's marking); `None` keeps the packet's.
     pub dscp: Option<Dscp>,
+    /// RTP clock rate of the media (for the jitter of what the kernel forwards); 0: no jitter.
+    pub clock_rate: u32,
+    /// Check the RTP padding count before forwarding (plain RTP; SRTP encrypts it).
+    pub check_padding: bool,
 }
 
 impl ForwardSpec {
@@ -159,17 +163,23 @@ impl ForwardSpec {
             src_port: self.via.port(),
             dst_port: self.to.port(),
             dscp: self.dscp.map_or(rtpedge_common::DSCP_NONE, Dscp::value),
-            flags: 0,
+            flags: if self.check_padding {
+                rtpedge_common::forward::FORWARD_CHECK_PADDING
+            } else {
+                0
+            },
             _pad: [0; 2],
         })
     }
 
-    /// Reads a map value back.
-    pub fn from_map(f: &rtpedge_common::Forward) -> Self {
+    /// Reads a map value back, with the clock rate kept beside it.
+    pub fn from_map(f: &rtpedge_common::Forward, clock_rate: u32) -> Self {
         Self {
             via: SocketAddr::new(addr_from_map(f.src_addr), f.src_port),
             to: SocketAddr::new(addr_from_map(f.dst_addr), f.dst_port),
             dscp: Dscp::new(f.dscp).ok(),
+            clock_rate,
+            check_padding: f.flags & rtpedge_common::forward::FORWARD_CHECK_PADDING != 0,
         }
     }
 }

@@ -31,11 +31,15 @@ use aya_ebpf::{
 use rtpedge_common::{
     Config, Counter, DSCP_NONE, Forward, LearnedSource, MAX_PINHOLES, Meta, NextHop, Pinhole,
     PinholeKey, PinholeStats,
-    forward::{family_matches, ipv4_forward, ipv6_forward},
+    forward::{
+        FORWARD_CHECK_PADDING, RtpFields, family_matches, ipv4_forward, ipv6_forward,
+        rtp_for_fast_path,
+    },
     logic::{
         SourceVerdict, addr_eq, check_source, ipv4_mapped, ipv4_rewrite_dscp, ipv6_rewrite_dscp,
         may_learn, token_bucket_admit, tos_with_dscp,
     },
+    rtp_stats::StreamStats,
     state,
 };
 
@@ -57,6 +61,9 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "FORWARDS")]
 static FORWARDS: HashMap<PinholeKey, Forward> = HashMap::with_max_entries(MAX_PINHOLES, 0);
+
+#[map(name = "RTP_STATS")]
+static RTP_STATS: HashMap<PinholeKey, StreamStats> = HashMap::with_max_entries(MAX_PINHOLES, 0);
 
 #[map(name = "NEXTHOPS")]
 static NEXTHOPS: HashMap<PinholeKey, NextHop> = HashMap::with_max_entries(MAX_PINHOLES, 0);
@@ -357,13 +364,14 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     // SAFETY: read-only access to a map value.
     let fwd = unsafe { FORWARDS.get(key) };
-    let forwarded = match fwd {
+    let rtp = match fwd {
         Some(f) => {
             remember_next_hop(ctx, &key);
             forward(ctx, m, f)
         }
-        None => false,
+        None => None,
     };
+    let forwarded = rtp.is_some();
     if !forwarded {
         if fwd.is_some() {
             count(Counter::ForwardFallback);
@@ -385,7 +393,15 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
         }
     }
     count(Counter::Passed);
-    if let (true, Some(f)) = (forwarded, fwd) {
+    if let (Some((r, payload_len)), Some(f)) = (rtp, fwd) {
+        // The bridge's statistics of this stream, continued in the kernel (created by the
+        // daemon with the entry, which knows the clock rate).
+        if let Some(st) = RTP_STATS.get_ptr_mut(key) {
+            // SAFETY: the value outlives this program run; a stream is received on one CPU at
+            // a time (one receive queue per flow), so the updates do not race in practice and
+            // a rare race only skews statistics.
+            unsafe { (*st).on_packet(r.seq, r.timestamp, r.ssrc, now, payload_len) };
+        }
         // What the host would have sent from the spliced leg: counted on its pinhole, as
         // tc_egress counts the bridge's packets.
         let out = PinholeKey {
@@ -433,43 +449,55 @@ fn remember_next_hop(ctx: &XdpContext, key: &PinholeKey) {
 
 /// The fast path: sends the packet out of the interface it came in on, from the spliced leg's
 /// address and port to its remote, through the next hop that remote's own media came from.
-/// Returns false, with the packet untouched, whenever the stack (and so the bridge) must
-/// handle it instead.
+/// Only valid RTP is forwarded, by the bridge's rules (anything else, RTCP included, goes to
+/// the bridge, which counts and drops what is invalid). Returns the RTP fields and the UDP
+/// payload length, or `None`, with the packet untouched, whenever the stack (and so the
+/// bridge) must handle it instead.
 #[inline(always)]
-fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> bool {
+fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usize)> {
     // Tagged frames would need the VLAN device's path; the stack handles them.
     if m.l3_off != ETH_HLEN || !family_matches(fwd, m.v4) {
-        return false;
+        return None;
     }
+    let udp_hdr = read::<[u8; UDP_HLEN]>(ctx, m.l4_off)?;
+    let udp_len = u16::from_be_bytes([udp_hdr[4], udp_hdr[5]]) as usize;
+    // The whole datagram must be here (not a first fragment), and media-sized: the bound also
+    // keeps the packet offsets below the verifier's limit.
+    if udp_len < UDP_HLEN + 12 || udp_len > 1500 + UDP_HLEN {
+        return None;
+    }
+    let payload = m.l4_off + UDP_HLEN;
+    let len = udp_len - UDP_HLEN;
+    if payload + len > ctx.data_end() - ctx.data() {
+        return None;
+    }
+    let fixed = read::<[u8; 12]>(ctx, payload)?;
+    let rtp = rtp_for_fast_path(
+        &fixed,
+        len,
+        fwd.flags & FORWARD_CHECK_PADDING != 0,
+        |off| read::<[u8; 4]>(ctx, payload + (off & 0x7ff)),
+        |off| read::<u8>(ctx, payload + (off & 0x7ff)),
+    )?;
     let out = PinholeKey {
         addr: fwd.src_addr,
         port: fwd.src_port,
         _pad: 0,
     };
     // SAFETY: read-only access to a map value.
-    let Some(hop) = (unsafe { NEXTHOPS.get(&out) }) else {
-        // The other side has not sent anything yet.
-        return false;
-    };
+    // The other side has not sent anything yet if there is no entry.
+    let hop = unsafe { NEXTHOPS.get(&out) }?;
     if hop.ifindex != ctx.ingress_ifindex() as u32 {
-        return false;
+        return None;
     }
-    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
-        return false;
-    };
-    let Some(udp) = ptr_at::<[u8; UDP_HLEN]>(ctx, m.l4_off) else {
-        return false;
-    };
+    let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
+    let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, m.l4_off)?;
     if m.v4 {
-        let Some(ip) = ptr_at::<[u8; 20]>(ctx, m.l3_off) else {
-            return false;
-        };
+        let ip = ptr_at::<[u8; 20]>(ctx, m.l3_off)?;
         // SAFETY: all pointers were bounds checked by ptr_at.
         unsafe { ipv4_forward(&mut *ip, &mut *udp, fwd) };
     } else {
-        let Some(ip) = ptr_at::<[u8; IPV6_HLEN]>(ctx, m.l3_off) else {
-            return false;
-        };
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, m.l3_off)?;
         unsafe { ipv6_forward(&mut *ip, &mut *udp, fwd) };
     }
     let mut macs = [0u8; 12];
@@ -477,7 +505,7 @@ fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> bool {
     macs[6..12].copy_from_slice(&hop.local_mac);
     // SAFETY: bounds checked above.
     unsafe { *eth = macs };
-    true
+    Some((rtp, len))
 }
 
 /// The learning latch: the first admissible source wins (`BPF_NOEXIST` makes the insert
