@@ -15,7 +15,7 @@ use std::{
 use crate::{
     billing::{
         Account, AccountSpec, Ledger, LedgerError, Money, Tariff, TariffSpec,
-        auth::Verifier,
+        auth::{AuthError, NonceCache, TicketClaims, Verifier},
         credit::{CreditConfig, CreditControl, CreditError, CreditEvent, OpenCall},
         embedded,
         fraud::{FraudConfig, FraudGuard, Verdict},
@@ -38,7 +38,12 @@ pub struct ChargingConfig {
     /// Credit decisions come from an external billing system over the event channel
     /// ([`Charging::take_outbox`]) instead of the embedded ledger.
     pub external: bool,
+    /// Verifies the signed tickets of mid-call services (None: services are refused).
+    pub ticket_verifier: Option<Verifier>,
 }
+
+/// Ticket nonces remembered at most (live tickets; expired ones make room).
+const MAX_NONCES: usize = 100_000;
 
 /// What an external billing system must be told (sent over the event channel by the daemon).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +89,10 @@ pub struct Charging {
     ended: HashMap<String, Cdr>,
     external: bool,
     outbox: Vec<BillingOut>,
+    ticket_verifier: Option<Verifier>,
+    nonces: NonceCache,
+    /// Services the authorization token of a call allows (calls set up with a token).
+    allowed: HashMap<String, Vec<String>>,
 }
 
 impl Charging {
@@ -96,6 +105,9 @@ impl Charging {
             ended: HashMap::new(),
             external: cfg.external,
             outbox: Vec::new(),
+            ticket_verifier: cfg.ticket_verifier,
+            nonces: NonceCache::new(MAX_NONCES),
+            allowed: HashMap::new(),
             credit: CreditControl::new(cfg.credit)
                 .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
@@ -164,6 +176,7 @@ impl Charging {
                 };
                 let charge = charge.or_else(|| self.charges.remove(&cdr.call_id));
                 self.refused.remove(&cdr.call_id);
+                self.allowed.remove(&cdr.call_id);
                 if cdr.account.is_none() && charge.is_some() {
                     cdr.account = self.default_account.clone();
                 }
@@ -386,6 +399,65 @@ impl Charging {
         &self.fraud
     }
 
+    /// The account of calls that name none.
+    pub fn default_account(&self) -> Option<&str> {
+        self.default_account.as_deref()
+    }
+
+    /// Whether service tickets can be verified (keys configured).
+    pub fn accepts_tickets(&self) -> bool {
+        self.ticket_verifier.is_some()
+    }
+
+    /// Verifies a service ticket for `call_id` billed to `account` at `now`: signature,
+    /// expiry, call, account, and (calls set up with an authorization token) that the token
+    /// allows the service. Does not consume it (see [`Charging::claim_ticket`]).
+    pub fn verify_ticket(
+        &self,
+        now: Timestamp,
+        call_id: &str,
+        account: &str,
+        ticket: &str,
+    ) -> Result<TicketClaims, AuthError> {
+        let v = self.ticket_verifier.as_ref().ok_or(AuthError::NoKeys)?;
+        let now_unix = u64::try_from(now.unix_ms / 1000).unwrap_or(0);
+        v.verify_ticket(
+            ticket,
+            now_unix,
+            call_id,
+            account,
+            self.allowed.get(call_id).map(Vec::as_slice),
+        )
+    }
+
+    /// Marks a verified ticket used: the same ticket (nonce) is refused until it expires.
+    pub fn claim_ticket(&mut self, now: Timestamp, claims: &TicketClaims) -> Result<(), AuthError> {
+        let now_unix = u64::try_from(now.unix_ms / 1000).unwrap_or(0);
+        self.nonces.check(&claims.nonce, claims.exp, now_unix)
+    }
+
+    /// Makes a claimed ticket usable again (its service could not be applied).
+    pub fn unclaim_ticket(&mut self, claims: &TicketClaims) {
+        self.nonces.forget(&claims.nonce);
+    }
+
+    /// Takes one usage token from `account` for a service inserted into `call_id`; returns
+    /// how many are left.
+    pub fn take_token(&mut self, account: &str, call_id: &str) -> Result<u32, LedgerError> {
+        self.ledger.take_token(account, Some(call_id))
+    }
+
+    /// Gives back a token taken for a service that could not be applied.
+    pub fn refund_token(&mut self, account: &str) -> Result<u32, LedgerError> {
+        self.ledger.add_tokens(account, 1)
+    }
+
+    /// Adds usage tokens to an account (operator API).
+    pub fn add_tokens(&mut self, id: &str, n: u32) -> Result<Account, ChargingError> {
+        self.ledger.add_tokens(id, n)?;
+        Ok(self.ledger.account(id)?)
+    }
+
     /// What a call has reserved right now (for the live-call view).
     pub fn reserved(&self, call_id: &str, now: Instant) -> Option<Money> {
         self.credit.session(call_id, now).map(|s| s.reserved)
@@ -409,6 +481,7 @@ impl Admission for Charging {
                 .verify_token(token, now_unix, account.as_deref(), None)
                 .map_err(|e| format!("authorization: {e}"))?;
             account = Some(claims.account);
+            self.allowed.insert(call_id.to_string(), claims.services);
         }
         let mut flags = Vec::new();
         match self

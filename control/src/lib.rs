@@ -16,4 +16,5 @@ pub mod engine;
 pub mod ng;
 pub mod ngserver;
 pub mod sdp;
+pub mod services;
 pub mod store;

@@ -79,6 +79,10 @@ pub struct FileAuth {
     /// creating a call must carry a valid token (ng `auth-token`).
     #[serde(default)]
     pub public_keys: Vec<String>,
+    /// Ed25519 public keys that sign mid-call service tickets (`POST
+    /// /v1/calls/{call_id}/services`). Unset: the `public_keys`; neither: services are refused.
+    #[serde(default)]
+    pub ticket_keys: Vec<String>,
 }
 
 /// `[billing]`.
@@ -188,6 +192,8 @@ pub struct Config {
     pub fraud: crate::billing::fraud::FraudConfig,
     /// Token verification for call setup (None: not required).
     pub verifier: Option<crate::billing::auth::Verifier>,
+    /// Ticket verification for mid-call services (None: services are refused).
+    pub ticket_verifier: Option<crate::billing::auth::Verifier>,
 }
 
 /// A configuration error, naming the setting.
@@ -373,6 +379,17 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
                 crate::billing::auth::Verifier::from_key_texts(&file.auth.public_keys)
                     .map_err(|e| bad("auth.public_keys", e.to_string()))?,
             )
+        },
+        ticket_verifier: match (&file.auth.ticket_keys, &file.auth.public_keys) {
+            (t, _) if !t.is_empty() => Some(
+                crate::billing::auth::Verifier::from_key_texts(t)
+                    .map_err(|e| bad("auth.ticket_keys", e.to_string()))?,
+            ),
+            (_, p) if !p.is_empty() => Some(
+                crate::billing::auth::Verifier::from_key_texts(p)
+                    .map_err(|e| bad("auth.public_keys", e.to_string()))?,
+            ),
+            _ => None,
         },
     })
 }

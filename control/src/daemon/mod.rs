@@ -40,6 +40,7 @@ use crate::{
     charging::{BillingOut, Charging, ChargingConfig, ChargingError},
     engine::{Engine, EngineConfig, Timestamp},
     ngserver::NgServer,
+    services::{self, ServiceError, ServiceRequest},
     store::{self, writer::CdrWriter},
 };
 
@@ -232,6 +233,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             fraud: cfg.fraud.clone(),
             verifier: cfg.verifier.clone(),
             external: cfg.external_billing,
+            ticket_verifier: cfg.ticket_verifier.clone(),
         },
         ledger,
     )
@@ -305,12 +307,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             },
             recv(api_requests) -> req => {
                 if let Ok(ApiRequest { call, reply }) = req {
-                    let _ = reply.send(answer_api(call, &engine, &mut charging, &ng));
+                    let answer = match call {
+                        ApiCall::Service(call_id, req) => ApiAnswer::Service(
+                            insert_service(&mut engine, &mut charging, hub.as_ref(), &call_id, &req)
+                                .map_err(|e| (e.http_status(), e.code(), e.to_string())),
+                        ),
+                        other => answer_api(other, &engine, &mut charging, &ng),
+                    };
+                    let _ = reply.send(answer);
                 }
             },
             recv(hub_events) -> ev => {
                 if let (Ok(ev), Some(hub)) = (ev, hub.as_ref()) {
-                    on_hub_event(ev, hub, &mut charging, &mut pending);
+                    match ev {
+                        HubEvent::Request(inc)
+                            if inc.body.package == "call" && inc.body.action == "SERVICE" =>
+                        {
+                            service_request(inc, hub, &mut engine, &mut charging);
+                        }
+                        ev => on_hub_event(ev, hub, &mut charging, &mut pending),
+                    }
                 }
             },
             recv(media_events) -> ev => {
@@ -408,6 +424,56 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
                 tracing::warn!(call, error = %e, "ending a cut call");
             }
         }
+    }
+}
+
+/// Inserts a service into a running call (HTTP API, event channel) and announces it to the
+/// channel's `call` subscribers (`NOTIFY` `{"event": "service", ...}`).
+fn insert_service<M: crate::engine::MediaPlane, D: Dataplane>(
+    engine: &mut Engine<M, D>,
+    charging: &mut Charging,
+    hub: Option<&ChannelHub>,
+    call_id: &str,
+    req: &ServiceRequest,
+) -> Result<serde_json::Value, ServiceError> {
+    match services::handle_service(Timestamp::now(), engine, charging, call_id, req) {
+        Ok(out) => {
+            let v = out.to_json();
+            if let Some(hub) = hub {
+                let mut ev = v.clone();
+                ev["event"] = serde_json::json!("service");
+                hub.publish(Body::new("call", "NOTIFY", ev));
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            tracing::info!(call = call_id, code = e.code(), error = %e, "service refused");
+            Err(e)
+        }
+    }
+}
+
+/// A `call`/`SERVICE` request on the event channel: the payload is the HTTP route's body plus
+/// `call_id`; answered with the same JSON, or an error frame with the HTTP status as code.
+fn service_request<M: crate::engine::MediaPlane, D: Dataplane>(
+    inc: Incoming,
+    hub: &ChannelHub,
+    engine: &mut Engine<M, D>,
+    charging: &mut Charging,
+) {
+    let req_ref = inc.request_ref();
+    let p = &inc.body.payload;
+    let result = match p["call_id"].as_str() {
+        None => Err(ServiceError::BadRequest("\"call_id\" is required".into())),
+        Some(call_id) => ServiceRequest::from_json(p)
+            .and_then(|req| insert_service(engine, charging, Some(hub), call_id, &req)),
+    };
+    let sent = match result {
+        Ok(v) => hub.respond(&req_ref, Body::new("call", "SERVICE", v)),
+        Err(e) => hub.respond_error(&req_ref, e.http_status(), &format!("{}: {e}", e.code())),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "answering a SERVICE request");
     }
 }
 
@@ -599,5 +665,13 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
             ApiAnswer::Account(charging.topup(now, &id, Money(amount)).map_err(refusal))
         }
         ApiCall::Block(id) => ApiAnswer::Account(charging.block(now, &id).map_err(refusal)),
+        ApiCall::AddTokens(id, n) => {
+            ApiAnswer::Account(charging.add_tokens(&id, n).map_err(refusal))
+        }
+        ApiCall::Service(..) => ApiAnswer::Service(Err((
+            503,
+            "unavailable",
+            "services are handled by the control loop".into(),
+        ))),
     }
 }
