@@ -12,6 +12,7 @@ pub mod billing;
 pub mod channel;
 pub mod charging;
 pub mod daemon;
+pub mod dialog_end;
 pub mod engine;
 pub mod ng;
 pub mod ngserver;

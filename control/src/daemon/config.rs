@@ -99,6 +99,9 @@ pub struct FileBilling {
     /// `embedded` (the ledger in the CDR database, default) or `external` (a billing system
     /// connected to the event channel with role `billing` grants credit).
     pub backend: Option<String>,
+    /// Kamailio `jsonrpcs` over HTTP (`http://HOST:PORT/PATH`): when a call is cut for lack of
+    /// credit, ask Kamailio to end its SIP dialog (`dlg.terminate_dlg`).
+    pub end_dialog_url: Option<String>,
 }
 
 /// `[timeouts]` (seconds).
@@ -194,6 +197,8 @@ pub struct Config {
     pub verifier: Option<crate::billing::auth::Verifier>,
     /// Ticket verification for mid-call services (None: services are refused).
     pub ticket_verifier: Option<crate::billing::auth::Verifier>,
+    /// Where to ask the SIP proxy to end the dialog of a call cut for lack of credit.
+    pub end_dialog: Option<crate::dialog_end::Endpoint>,
 }
 
 /// A configuration error, naming the setting.
@@ -380,6 +385,15 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
                     .map_err(|e| bad("auth.public_keys", e.to_string()))?,
             )
         },
+        end_dialog: over
+            .billing
+            .end_dialog_url
+            .or(file.billing.end_dialog_url)
+            .map(|u| {
+                crate::dialog_end::Endpoint::parse(&u)
+                    .map_err(|e| bad("billing.end_dialog_url", e.to_string()))
+            })
+            .transpose()?,
         ticket_verifier: match (&file.auth.ticket_keys, &file.auth.public_keys) {
             (t, _) if !t.is_empty() => Some(
                 crate::billing::auth::Verifier::from_key_texts(t)

@@ -38,6 +38,7 @@ use crate::{
         Body, ChannelHub, ChannelServer, HubEvent, Incoming, ServerConfig, SessionId, Target,
     },
     charging::{BillingOut, Charging, ChargingConfig, ChargingError},
+    dialog_end::DialogEnder,
     engine::{Engine, EngineConfig, Timestamp},
     ngserver::NgServer,
     services::{self, ServiceError, ServiceRequest},
@@ -238,6 +239,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ledger,
     )
     .context("billing")?;
+    let ender = match cfg.end_dialog.clone() {
+        Some(ep) => Some(DialogEnder::start(ep).context("starting the dialog-end client")?),
+        None => None,
+    };
     let mut next_usage = Instant::now() + USAGE_EVERY;
     // The event channel: call events for subscribers, and the external billing system.
     let channel = match cfg.ws {
@@ -312,7 +317,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                             insert_service(&mut engine, &mut charging, hub.as_ref(), &call_id, &req)
                                 .map_err(|e| (e.http_status(), e.code(), e.to_string())),
                         ),
-                        other => answer_api(other, &engine, &mut charging, &ng),
+                        other => answer_api(other, &engine, &mut charging, &ng, ender.as_ref()),
                     };
                     let _ = reply.send(answer);
                 }
@@ -358,7 +363,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
         ng.expire(now);
-        drain(&mut engine, &mut charging, &writer, hub.as_ref());
+        drain(
+            &mut engine,
+            &mut charging,
+            &writer,
+            hub.as_ref(),
+            ender.as_ref(),
+        );
         if let Some(hub) = &hub {
             dispatch_billing(&mut charging, hub, &mut pending);
         }
@@ -368,7 +379,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         "shutting down: ending every call"
     );
     engine.shutdown(Timestamp::now());
-    drain(&mut engine, &mut charging, &writer, hub.as_ref());
+    drain(
+        &mut engine,
+        &mut charging,
+        &writer,
+        hub.as_ref(),
+        ender.as_ref(),
+    );
     if let Some(hub) = &hub {
         dispatch_billing(&mut charging, hub, &mut pending);
     }
@@ -390,10 +407,19 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
     charging: &mut Charging,
     writer: &CdrWriter,
     hub: Option<&ChannelHub>,
+    ender: Option<&DialogEnder>,
 ) {
     loop {
         while let Some(ev) = engine.poll_event() {
+            let closing = matches!(ev, crate::engine::EngineEvent::CdrClosed(_));
             if let Some(cdr) = charging.on_engine_event(Instant::now(), ev) {
+                // A call cut for lack of credit: its SIP dialog must end too.
+                if closing
+                    && cdr.end_reason == Some(crate::engine::EndReason::CreditExhausted)
+                    && let (Some(ender), Some(to_tag)) = (ender, cdr.to_tag.as_deref())
+                {
+                    ender.end(&cdr.call_id, &cdr.from_tag, to_tag);
+                }
                 if let Some(hub) = hub {
                     let event = if cdr.end_at.is_some() {
                         "ended"
@@ -626,6 +652,7 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
     engine: &Engine<M, D>,
     charging: &mut Charging,
     ng: &NgServer,
+    ender: Option<&DialogEnder>,
 ) -> ApiAnswer {
     let now = Instant::now();
     let refusal = |e: ChargingError| -> (u16, String) {
@@ -653,7 +680,13 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
                 .collect(),
         ),
         ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
-        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(engine, ng, Some(charging))),
+        ApiCall::Metrics => {
+            let mut text = metrics::render(engine, ng, Some(charging));
+            if let Some(e) = ender {
+                text.push_str(&e.metrics());
+            }
+            ApiAnswer::Metrics(text)
+        }
         ApiCall::PutTariff(id, spec) => {
             ApiAnswer::Tariff(charging.put_tariff(&id, &spec).map_err(refusal))
         }
