@@ -65,6 +65,8 @@ pub struct NgServer {
     counts: std::collections::BTreeMap<(&'static str, String), u64>,
     /// Per family, the address written into SDP instead of the legs' own.
     advertised: Vec<IpAddr>,
+    /// Account of offers that name none, from the SIP From user.
+    account_mapping: Option<crate::billing::mapping::AccountMapping>,
 }
 
 impl NgServer {
@@ -75,7 +77,18 @@ impl NgServer {
             cache: ReplyCache::default(),
             counts: std::collections::BTreeMap::new(),
             advertised,
+            account_mapping: None,
         }
+    }
+
+    /// Attributes offers that name no account (ng `account`, authorization token) by the SIP
+    /// From user (ng `from-uri` / `from-user`).
+    pub fn with_account_mapping(
+        mut self,
+        m: Option<crate::billing::mapping::AccountMapping>,
+    ) -> Self {
+        self.account_mapping = m;
+        self
     }
 
     /// Requests answered so far, by (command, result).
@@ -205,6 +218,16 @@ impl NgServer {
             if flags.account.is_none() {
                 flags.account = admitted;
             }
+        }
+        // Precedence: ng `account` (or the token's) > the From-user mapping > the default
+        // account (applied by charging).
+        if flags.account.is_none()
+            && let Some(m) = &self.account_mapping
+        {
+            flags.account = m.account_for(
+                o.options.from_uri.as_deref(),
+                o.options.from_user.as_deref(),
+            );
         }
         let adverts = engine
             .offer(
@@ -585,4 +608,83 @@ fn report_reply(r: &CallReport, now_ms: i64) -> Value {
         .with("SSRC", Value::new_dict())
         .with("tags", tags)
         .with("totals", totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rtpedge_dataplane::FakeDataplane;
+
+    use super::*;
+    use crate::{
+        billing::mapping::AccountMapping,
+        engine::{EngineConfig, FakeMedia},
+    };
+
+    fn offer(call_id: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut v = Value::new_dict()
+            .with("command", "offer")
+            .with("call-id", call_id)
+            .with("from-tag", "ft")
+            .with(
+                "sdp",
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            );
+        for (k, val) in extra {
+            v = v.with(k, *val);
+        }
+        // One cookie per call: the reply cache answers a repeated cookie from the cache.
+        let mut out = format!("{call_id} ").into_bytes();
+        ng::encode(&v, &mut out);
+        out
+    }
+
+    /// ng `account` > the From-user mapping > nothing (the default account, applied later).
+    #[test]
+    fn the_account_comes_from_the_ng_key_else_the_from_user_mapping() {
+        let mapping = AccountMapping::new(
+            "from-user",
+            None,
+            HashMap::from([("alice".to_string(), "acme".to_string())]),
+        )
+        .unwrap();
+        let mut ng = NgServer::new(Vec::new()).with_account_mapping(Some(mapping));
+        let mut engine = Engine::new(
+            EngineConfig::default(),
+            FakeMedia::new("203.0.113.1".parse().unwrap()),
+            FakeDataplane::new(),
+        );
+        let from = "127.0.0.1:9".parse().unwrap();
+        let now = Timestamp::now();
+        for (call, extra, account) in [
+            (
+                "k1",
+                vec![("account", "explicit"), ("from-uri", "sip:alice@x")],
+                Some("explicit"),
+            ),
+            (
+                "k2",
+                vec![("from-uri", "<sip:alice@x>;tag=ft")],
+                Some("acme"),
+            ),
+            ("k3", vec![("from-user", "alice")], Some("acme")),
+            ("k4", vec![("from-uri", "sip:mallory@x")], None),
+            ("k5", vec![], None),
+        ] {
+            let reply = ng
+                .handle(&mut engine, &mut AdmitAll, &offer(call, &extra), from, now)
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&reply).contains("6:result2:ok"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+            assert_eq!(
+                engine.query(call).unwrap().account.as_deref(),
+                account,
+                "{call}"
+            );
+        }
+    }
 }

@@ -102,6 +102,16 @@ pub struct FileBilling {
     /// Kamailio `jsonrpcs` over HTTP (`http://HOST:PORT/PATH`): when a call is cut for lack of
     /// credit, ask Kamailio to end its SIP dialog (`dlg.terminate_dlg`).
     pub end_dialog_url: Option<String>,
+    /// `from-user`: offers that name no account are billed to the SIP From user (ng
+    /// `from-uri` / `from-user`), reduced by `account_pattern` and translated by
+    /// `account_map`.
+    pub account_from: Option<String>,
+    /// A regular expression applied to the From user: its first capture group (or the whole
+    /// match) is the account key; no match: the default account.
+    pub account_pattern: Option<String>,
+    /// From user (or pattern result) → account; when given, unlisted users get the default.
+    #[serde(default)]
+    pub account_map: std::collections::HashMap<String, String>,
 }
 
 /// `[timeouts]` (seconds).
@@ -199,6 +209,8 @@ pub struct Config {
     pub ticket_verifier: Option<crate::billing::auth::Verifier>,
     /// Where to ask the SIP proxy to end the dialog of a call cut for lack of credit.
     pub end_dialog: Option<crate::dialog_end::Endpoint>,
+    /// Account of offers that name none, from the SIP From user.
+    pub account_mapping: Option<crate::billing::mapping::AccountMapping>,
 }
 
 /// A configuration error, naming the setting.
@@ -384,6 +396,28 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
                 crate::billing::auth::Verifier::from_key_texts(&file.auth.public_keys)
                     .map_err(|e| bad("auth.public_keys", e.to_string()))?,
             )
+        },
+        account_mapping: match over.billing.account_from.or(file.billing.account_from) {
+            None if file.billing.account_pattern.is_some()
+                || !file.billing.account_map.is_empty() =>
+            {
+                return Err(bad(
+                    "billing.account_from",
+                    "account_pattern / account_map need account_from = \"from-user\"",
+                ));
+            }
+            None => None,
+            Some(src) => Some(
+                crate::billing::mapping::AccountMapping::new(
+                    &src,
+                    over.billing
+                        .account_pattern
+                        .as_deref()
+                        .or(file.billing.account_pattern.as_deref()),
+                    file.billing.account_map.clone(),
+                )
+                .map_err(|e| bad("billing.account_from", e.to_string()))?,
+            ),
         },
         end_dialog: over
             .billing
@@ -575,5 +609,41 @@ mod tests {
             toml::from_str::<FileConfig>("bogus = 1").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn billing_mapping_and_dialog_end_from_the_file() {
+        let file: FileConfig = toml::from_str(
+            "[billing]\naccount_from = \"from-user\"\naccount_pattern = \"^(\\\\w+)\"\n\
+             end_dialog_url = \"http://127.0.0.1:5071/RPC\"\n\
+             [billing.account_map]\nalice = \"acme\"\n",
+        )
+        .unwrap();
+        let c = resolve(file, FileConfig::default()).unwrap();
+        let m = c.account_mapping.expect("mapping");
+        assert_eq!(
+            m.account_for(Some("sip:alice@x"), None),
+            Some("acme".into())
+        );
+        assert_eq!(m.account_for(Some("sip:bob@x"), None), None);
+        assert_eq!(c.end_dialog.unwrap().path, "/RPC");
+        for (text, setting) in [
+            (
+                "[billing]\naccount_from = \"to-user\"\n",
+                "billing.account_from",
+            ),
+            (
+                "[billing]\naccount_pattern = \"x\"\n",
+                "billing.account_from",
+            ),
+            (
+                "[billing]\nend_dialog_url = \"https://k/RPC\"\n",
+                "billing.end_dialog_url",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let e = resolve(file, FileConfig::default()).unwrap_err();
+            assert_eq!(e.setting, setting, "{text}");
+        }
     }
 }

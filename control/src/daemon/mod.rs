@@ -270,7 +270,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let reply_sock = sock.try_clone().context("ng socket")?;
     let (tx, inputs) = crossbeam_channel::unbounded();
     let reader = spawn_ng_reader(sock, tx, Arc::clone(&stop))?;
-    let mut ng = NgServer::new(cfg.advertised_addresses.clone());
+    let mut ng = NgServer::new(cfg.advertised_addresses.clone())
+        .with_account_mapping(cfg.account_mapping.clone());
     tracing::info!(
         ng = %cfg.ng,
         media = ?cfg.media_addresses,
