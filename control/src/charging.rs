@@ -93,6 +93,12 @@ pub struct Charging {
     nonces: NonceCache,
     /// Services the authorization token of a call allows (calls set up with a token).
     allowed: HashMap<String, Vec<String>>,
+    /// External billing: RESERVE requests in flight, by id, and their calls.
+    requests: HashMap<crate::billing::credit::RequestId, String>,
+    /// External billing: what the billing system granted each live call, in total.
+    granted: HashMap<String, Money>,
+    /// External billing: a call's final charge as the billing system confirmed it (CHARGED).
+    confirmed: HashMap<String, Money>,
 }
 
 impl Charging {
@@ -108,6 +114,9 @@ impl Charging {
             ticket_verifier: cfg.ticket_verifier,
             nonces: NonceCache::new(MAX_NONCES),
             allowed: HashMap::new(),
+            requests: HashMap::new(),
+            granted: HashMap::new(),
+            confirmed: HashMap::new(),
             credit: CreditControl::new(cfg.credit)
                 .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
@@ -175,6 +184,15 @@ impl Charging {
                     None
                 };
                 let charge = charge.or_else(|| self.charges.remove(&cdr.call_id));
+                // With an external billing system, the charge is what it confirmed (CHARGED),
+                // else what it granted; never the local tariff's estimate.
+                let charge = if self.external {
+                    self.charges.remove(&cdr.call_id);
+                    let granted = self.granted.remove(&cdr.call_id);
+                    self.confirmed.remove(&cdr.call_id).or(granted)
+                } else {
+                    charge
+                };
                 self.refused.remove(&cdr.call_id);
                 self.allowed.remove(&cdr.call_id);
                 if cdr.account.is_none() && charge.is_some() {
@@ -267,7 +285,10 @@ impl Charging {
             let mut v = Vec::new();
             while let Some(ev) = self.credit.poll_event() {
                 match &ev {
-                    CreditEvent::Reserve(r) => self.outbox.push(BillingOut::Reserve(r.clone())),
+                    CreditEvent::Reserve(r) => {
+                        self.requests.insert(r.request_id, r.call_id.clone());
+                        self.outbox.push(BillingOut::Reserve(r.clone()));
+                    }
                     CreditEvent::Usage(u) => self.outbox.push(BillingOut::Usage(u.clone())),
                     CreditEvent::Cut(_) => {}
                 }
@@ -309,12 +330,40 @@ impl Charging {
         request: crate::billing::credit::RequestId,
         answer: crate::billing::credit::GrantAnswer,
     ) {
-        self.credit.on_grant(now, request, answer);
+        let call = self.requests.remove(&request);
+        let amount = match &answer {
+            crate::billing::credit::GrantAnswer::Granted(g) if g.seconds > 0 => g.amount,
+            _ => Money::ZERO,
+        };
+        if self.credit.on_grant(now, request, answer)
+            && let Some(call) = call
+            && amount > Money::ZERO
+        {
+            *self.granted.entry(call).or_insert(Money::ZERO) += amount;
+        }
         self.serve(now);
+    }
+
+    /// The external billing system confirmed a call's final charge (`CHARGED`). Before the
+    /// call's CDR is closed it becomes its `charge`; after, the CDR is returned re-written
+    /// with it (to store again), as long as the call is not yet released.
+    pub fn external_charged(&mut self, call_id: &str, charge: Money) -> Option<Cdr> {
+        if let Some(cdr) = self.ended.get_mut(call_id) {
+            cdr.charge = Some(charge.0);
+            return Some(cdr.clone());
+        }
+        self.confirmed.insert(call_id.to_string(), charge);
+        None
+    }
+
+    /// What the external billing system has granted a live call so far.
+    pub fn granted(&self, call_id: &str) -> Option<Money> {
+        self.granted.get(call_id).copied()
     }
 
     /// A RESERVE got no answer (the session closed, the request was refused).
     pub fn on_request_failed(&mut self, now: Instant, request: crate::billing::credit::RequestId) {
+        self.requests.remove(&request);
         self.credit.on_request_failed(now, request);
         self.serve(now);
     }
@@ -827,6 +876,96 @@ mod tests {
         assert_eq!(w.cdrs.len(), 1, "the same row, re-written");
         assert_eq!(w.cdrs[0].flags, vec!["media-after-bye".to_string()]);
         assert_eq!(w.cdrs[0].end_reason, Some(EndReason::Delete));
+    }
+
+    #[test]
+    fn with_external_billing_the_cdr_charge_is_what_the_billing_system_granted_or_charged() {
+        use crate::billing::credit::{GrantAnswer, Granted};
+        let mut w = World::new(1000);
+        w.charging = Charging::new(
+            ChargingConfig {
+                external: true,
+                fraud: FraudConfig {
+                    call_rate: None,
+                    ..FraudConfig::default()
+                },
+                ..ChargingConfig::default()
+            },
+            Box::new({
+                // The account and tariff still come from the ledger; credit does not.
+                let mut l = MemoryLedger::new();
+                l.put_tariff(
+                    &Tariff::from_spec(
+                        "t1",
+                        &TariffSpec {
+                            per_minute: 60,
+                            per_kilobyte: 0,
+                            increment_s: 1,
+                            initial_increment_s: None,
+                            connection_fee: 0,
+                        },
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+                l.put_account(
+                    "acme",
+                    &AccountSpec {
+                        balance: 0,
+                        tariff: "t1".into(),
+                        mode: Mode::Prepaid,
+                    },
+                )
+                .unwrap();
+                l
+            }),
+        )
+        .unwrap();
+        w.charging.set_billing_connected(w.now.mono, true);
+        let grant = |w: &mut World, amount: i64| {
+            let reserve = w
+                .charging
+                .take_outbox()
+                .into_iter()
+                .find_map(|o| match o {
+                    BillingOut::Reserve(r) => Some(r),
+                    BillingOut::Usage(_) => None,
+                })
+                .expect("a RESERVE");
+            w.charging.on_grant(
+                w.now.mono,
+                reserve.request_id,
+                GrantAnswer::Granted(Granted {
+                    seconds: 30,
+                    bytes: 0,
+                    amount: Money(amount),
+                }),
+            );
+        };
+        // c1: granted 7 + 5 (a renewal), used 3 s at the local tariff's 1/s: the CDR says 12.
+        w.call("c1");
+        grant(&mut w, 7);
+        let t = w.charging.poll_timeout().expect("renewal deadline");
+        w.advance_to(t);
+        grant(&mut w, 5);
+        assert_eq!(w.charging.granted("c1"), Some(Money(12)));
+        w.engine.delete(w.now, "c1").unwrap();
+        w.pump();
+        assert_eq!(w.cdrs[0].charge, Some(12), "granted, not the local 1/s");
+        // The billing system's confirmed charge re-writes the closed CDR.
+        let rewritten = w
+            .charging
+            .external_charged("c1", Money(9))
+            .expect("re-written");
+        assert_eq!(rewritten.charge, Some(9));
+        // c2: confirmed before it ends: the CDR carries it from the start.
+        w.call("c2");
+        grant(&mut w, 30);
+        assert_eq!(w.charging.external_charged("c2", Money(4)), None);
+        w.engine.delete(w.now, "c2").unwrap();
+        w.pump();
+        let c2 = w.cdrs.iter().find(|c| c.call_id == "c2").unwrap();
+        assert_eq!(c2.charge, Some(4));
     }
 
     #[test]

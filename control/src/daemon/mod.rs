@@ -331,6 +331,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         {
                             service_request(inc, hub, &mut engine, &mut charging);
                         }
+                        HubEvent::Request(inc) if is_charged(&inc) => {
+                            on_charged(inc, true, hub, &mut charging, &writer);
+                        }
+                        HubEvent::Message(inc) if is_charged(&inc) => {
+                            on_charged(inc, false, hub, &mut charging, &writer);
+                        }
                         ev => on_hub_event(ev, hub, &mut charging, &mut pending),
                     }
                 }
@@ -501,6 +507,41 @@ fn service_request<M: crate::engine::MediaPlane, D: Dataplane>(
     };
     if let Err(e) = sent {
         tracing::warn!(error = %e, "answering a SERVICE request");
+    }
+}
+
+fn is_charged(inc: &Incoming) -> bool {
+    inc.body.package == "billing" && inc.body.action == "CHARGED"
+}
+
+/// `billing`/`CHARGED` `{"call_id", "charge"}`: the external billing system's final charge of
+/// a call, which becomes the CDR's `charge` (re-written if the CDR is already closed).
+fn on_charged(
+    inc: Incoming,
+    is_request: bool,
+    hub: &ChannelHub,
+    charging: &mut Charging,
+    writer: &CdrWriter,
+) {
+    let p = &inc.body.payload;
+    let result = match (p["call_id"].as_str(), p["charge"].as_i64()) {
+        (Some(call), Some(charge)) if charge >= 0 => {
+            if let Some(cdr) = charging.external_charged(call, Money(charge)) {
+                writer.write(cdr);
+            }
+            Ok(())
+        }
+        _ => Err("CHARGED needs call_id and a non-negative integer charge"),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = e, "bad CHARGED from the billing system");
+    }
+    if is_request {
+        let req = inc.request_ref();
+        let _ = match result {
+            Ok(()) => hub.respond(&req, Body::new("billing", "CHARGED", serde_json::json!({}))),
+            Err(e) => hub.respond_error(&req, 400, e),
+        };
     }
 }
 
