@@ -99,6 +99,8 @@ pub struct Charging {
     granted: HashMap<String, Money>,
     /// External billing: a call's final charge as the billing system confirmed it (CHARGED).
     confirmed: HashMap<String, Money>,
+    /// Services applied, for the event channel.
+    service_events: Vec<serde_json::Value>,
 }
 
 impl Charging {
@@ -117,6 +119,7 @@ impl Charging {
             requests: HashMap::new(),
             granted: HashMap::new(),
             confirmed: HashMap::new(),
+            service_events: Vec::new(),
             credit: CreditControl::new(cfg.credit)
                 .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
@@ -496,6 +499,16 @@ impl Charging {
         self.ledger.take_token(account, Some(call_id))
     }
 
+    /// Records a service applied (its JSON), for the event channel.
+    pub fn push_service_event(&mut self, ev: serde_json::Value) {
+        self.service_events.push(ev);
+    }
+
+    /// Services applied since the last call, oldest first.
+    pub fn take_service_events(&mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.service_events)
+    }
+
     /// Gives back a token taken for a service that could not be applied.
     pub fn refund_token(&mut self, account: &str) -> Result<u32, LedgerError> {
         self.ledger.add_tokens(account, 1)
@@ -514,6 +527,16 @@ impl Charging {
 }
 
 impl Admission for Charging {
+    fn insert_service(
+        &mut self,
+        now: Timestamp,
+        engine: &mut dyn crate::engine::service::ServiceTarget,
+        call_id: &str,
+        req: &crate::services::ServiceRequest,
+    ) -> Result<crate::services::ServiceOutcome, crate::services::ServiceError> {
+        crate::services::handle_service(now, engine, self, call_id, req)
+    }
+
     fn admit(
         &mut self,
         now: Timestamp,

@@ -36,6 +36,18 @@ pub trait Admission {
         account: Option<&str>,
         token: Option<&str>,
     ) -> Result<Option<String>, String>;
+
+    /// Inserts a service into a running call (ng `service`, an rtpedge extension). Without
+    /// a charging layer there is no one to verify tickets or take tokens: refused.
+    fn insert_service(
+        &mut self,
+        _now: Timestamp,
+        _engine: &mut dyn crate::engine::service::ServiceTarget,
+        _call_id: &str,
+        _req: &crate::services::ServiceRequest,
+    ) -> Result<crate::services::ServiceOutcome, crate::services::ServiceError> {
+        Err(crate::services::ServiceError::NotConfigured)
+    }
 }
 
 /// Admits every call (no fraud guard, no authorization).
@@ -181,6 +193,25 @@ impl NgServer {
                 Ok(report) => report_reply(&report, now.unix_ms),
                 Err(e) => reply::error(&e.to_string()),
             },
+            Request::Service(s) => {
+                let outcome = json_of(&s.params)
+                    .and_then(|p| crate::services::ServiceRequest::from_json(&p))
+                    .and_then(|req| admission.insert_service(now, engine, &s.call_id, &req));
+                match outcome {
+                    Ok(out) => {
+                        let mut r = reply::ok();
+                        if let serde_json::Value::Object(m) = out.to_json() {
+                            for (k, v) in m {
+                                if let Some(v) = bencode_of(&v) {
+                                    r.insert(k.replace('_', "-"), v);
+                                }
+                            }
+                        }
+                        r
+                    }
+                    Err(e) => reply::error(&e.to_string()).with("error-code", e.code()),
+                }
+            }
             Request::List(l) => {
                 let calls: Vec<Value> = engine
                     .call_ids()
@@ -334,6 +365,46 @@ impl NgServer {
 enum Refusal {
     Error(String),
     Engine(EngineError),
+}
+
+/// An ng dictionary as the service layer's JSON: keys in lower case with `-` and spaces as
+/// `_` (`remote-rtcp` → `remote_rtcp`), strings as strings, integers as numbers.
+fn json_of(v: &Value) -> Result<serde_json::Value, crate::services::ServiceError> {
+    let bad = |m: String| crate::services::ServiceError::BadRequest(m);
+    Ok(match v {
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::Bytes(b) => serde_json::Value::String(
+            String::from_utf8(b.clone()).map_err(|_| bad("a value is not UTF-8".into()))?,
+        ),
+        Value::List(items) => {
+            serde_json::Value::Array(items.iter().map(json_of).collect::<Result<Vec<_>, _>>()?)
+        }
+        Value::Dict(pairs) => {
+            let mut m = serde_json::Map::new();
+            for (k, val) in pairs {
+                let key = String::from_utf8_lossy(k)
+                    .to_ascii_lowercase()
+                    .replace(['-', ' '], "_");
+                m.insert(key, json_of(val)?);
+            }
+            serde_json::Value::Object(m)
+        }
+    })
+}
+
+/// A service answer's JSON as ng values (null left out, booleans as `yes`/`no`).
+fn bencode_of(v: &serde_json::Value) -> Option<Value> {
+    Some(match v {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => Value::from(if *b { "yes" } else { "no" }),
+        serde_json::Value::Number(n) => Value::Int(n.as_i64()?),
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(a) => Value::List(a.iter().filter_map(bencode_of).collect()),
+        serde_json::Value::Object(o) => Value::dict(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.replace('_', "-"), bencode_of(v)?))),
+        ),
+    })
 }
 
 fn into_reply(result: Result<Value, Refusal>, supports_load_limit: bool) -> Value {

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 
-use rtpedge_dataplane::{Dataplane, RateLimit};
+use rtpedge_dataplane::RateLimit;
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -22,8 +22,8 @@ use crate::{
     },
     charging::Charging,
     engine::{
-        Engine, EngineError, MediaPlane, Timestamp,
-        service::{ServiceApplied, ServiceChange},
+        EngineError, Timestamp,
+        service::{ServiceApplied, ServiceChange, ServiceTarget},
     },
 };
 
@@ -320,21 +320,63 @@ fn addr_param(p: &Map<String, Value>, key: &str) -> Result<Option<SocketAddr>, S
     }
 }
 
+/// A non-negative integer, also written as a string (ng values from Kamailio's flags are).
 fn uint_param(p: &Map<String, Value>, key: &str) -> Result<Option<u64>, ServiceError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("{key}: expected a non-negative integer"))),
-    }
+    let n = match p.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(v) => v.as_u64(),
+    };
+    n.map(Some)
+        .ok_or_else(|| bad(format!("{key}: expected a non-negative integer")))
 }
 
+/// true/false, also as `yes`/`no`/`on`/`off`/`1`/`0` (ng).
 fn bool_param(p: &Map<String, Value>, key: &str) -> Result<bool, ServiceError> {
     match p.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(false),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(true),
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(bad(format!("{key}: expected true or false"))),
+        },
         Some(_) => Err(bad(format!("{key}: expected true or false"))),
+    }
+}
+
+/// `groups`: `[["a","p1"],["b"]]`, or as one string `"a,p1;b"` (ng).
+fn groups_param(p: &Map<String, Value>) -> Result<Vec<Vec<String>>, ServiceError> {
+    let missing = || bad("groups: an array of arrays of party names is required");
+    match p.get("groups") {
+        Some(Value::String(s)) => Ok(s
+            .split(';')
+            .map(|g| {
+                g.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| !g.is_empty())
+            .collect()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|g| {
+                g.as_array()
+                    .ok_or_else(|| bad("groups: each group is an array of party names"))?
+                    .iter()
+                    .map(|n| {
+                        n.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| bad("groups: party names are strings"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect(),
+        _ => Err(missing()),
     }
 }
 
@@ -377,23 +419,7 @@ pub fn change_of(service: Service, p: &Map<String, Value>) -> Result<ServiceChan
             trust_address: bool_param(p, "trust_address")?,
         },
         Service::Split => {
-            let groups = p
-                .get("groups")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("groups: an array of arrays of party names is required"))?
-                .iter()
-                .map(|g| {
-                    g.as_array()
-                        .ok_or_else(|| bad("groups: each group is an array of party names"))?
-                        .iter()
-                        .map(|n| {
-                            n.as_str()
-                                .map(str::to_string)
-                                .ok_or_else(|| bad("groups: party names are strings"))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let groups = groups_param(p)?;
             ServiceChange::Split {
                 media: media_param(p)?.unwrap_or(0),
                 groups,
@@ -441,10 +467,12 @@ fn engine_refusal(call_id: &str, e: EngineError) -> ServiceError {
     }
 }
 
-/// Verifies, pays for and applies a service request on a running call.
-pub fn handle_service<M: MediaPlane, D: Dataplane>(
+/// Verifies, pays for and applies a service request on a running call. An applied service is
+/// also queued as an event for the channel's `call` subscribers
+/// ([`Charging::take_service_events`]).
+pub fn handle_service(
     now: Timestamp,
-    engine: &mut Engine<M, D>,
+    engine: &mut dyn ServiceTarget,
     charging: &mut Charging,
     call_id: &str,
     req: &ServiceRequest,
@@ -490,13 +518,17 @@ pub fn handle_service<M: MediaPlane, D: Dataplane>(
         }
     };
     match engine.handle_service(now, call_id, change) {
-        Ok(applied) => Ok(ServiceOutcome {
-            call_id: call_id.to_string(),
-            account,
-            service: claims.service,
-            tokens_left,
-            applied,
-        }),
+        Ok(applied) => {
+            let out = ServiceOutcome {
+                call_id: call_id.to_string(),
+                account,
+                service: claims.service,
+                tokens_left,
+                applied,
+            };
+            charging.push_service_event(out.to_json());
+            Ok(out)
+        }
         Err(e) => {
             charging.unclaim_ticket(&claims);
             if let Err(r) = charging.refund_token(&account) {

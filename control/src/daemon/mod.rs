@@ -370,6 +370,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
         ng.expire(now);
+        // Services inserted through ng are announced here.
+        publish_services(&mut charging, hub.as_ref());
         drain(
             &mut engine,
             &mut charging,
@@ -460,8 +462,18 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
     }
 }
 
-/// Inserts a service into a running call (HTTP API, event channel) and announces it to the
-/// channel's `call` subscribers (`NOTIFY` `{"event": "service", ...}`).
+/// Announces the services applied (by any front end) to the channel's `call` subscribers:
+/// `NOTIFY` `{"event": "service", ...the service's answer}`.
+fn publish_services(charging: &mut Charging, hub: Option<&ChannelHub>) {
+    for mut ev in charging.take_service_events() {
+        if let Some(hub) = hub {
+            ev["event"] = serde_json::json!("service");
+            hub.publish(Body::new("call", "NOTIFY", ev));
+        }
+    }
+}
+
+/// Inserts a service into a running call (HTTP API, event channel).
 fn insert_service<M: crate::engine::MediaPlane, D: Dataplane>(
     engine: &mut Engine<M, D>,
     charging: &mut Charging,
@@ -469,16 +481,10 @@ fn insert_service<M: crate::engine::MediaPlane, D: Dataplane>(
     call_id: &str,
     req: &ServiceRequest,
 ) -> Result<serde_json::Value, ServiceError> {
-    match services::handle_service(Timestamp::now(), engine, charging, call_id, req) {
-        Ok(out) => {
-            let v = out.to_json();
-            if let Some(hub) = hub {
-                let mut ev = v.clone();
-                ev["event"] = serde_json::json!("service");
-                hub.publish(Body::new("call", "NOTIFY", ev));
-            }
-            Ok(v)
-        }
+    let result = services::handle_service(Timestamp::now(), engine, charging, call_id, req);
+    publish_services(charging, hub);
+    match result {
+        Ok(out) => Ok(out.to_json()),
         Err(e) => {
             tracing::info!(call = call_id, code = e.code(), error = %e, "service refused");
             Err(e)

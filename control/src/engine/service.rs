@@ -159,6 +159,39 @@ fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::Invalid(msg.into())
 }
 
+/// What the service layer needs of the engine, as a trait object (so front ends that are not
+/// generic over the engine's planes, like the ng server's admission hook, can reach it).
+pub trait ServiceTarget {
+    /// See [`Engine::service_account`].
+    fn service_account(&self, call_id: &str) -> Result<Option<String>, EngineError>;
+    /// See [`Engine::check_service`].
+    fn check_service(&self, call_id: &str, change: &ServiceChange) -> Result<(), EngineError>;
+    /// See [`Engine::handle_service`].
+    fn handle_service(
+        &mut self,
+        now: Timestamp,
+        call_id: &str,
+        change: ServiceChange,
+    ) -> Result<ServiceApplied, EngineError>;
+}
+
+impl<M: MediaPlane, D: Dataplane> ServiceTarget for Engine<M, D> {
+    fn service_account(&self, call_id: &str) -> Result<Option<String>, EngineError> {
+        Engine::service_account(self, call_id)
+    }
+    fn check_service(&self, call_id: &str, change: &ServiceChange) -> Result<(), EngineError> {
+        Engine::check_service(self, call_id, change)
+    }
+    fn handle_service(
+        &mut self,
+        now: Timestamp,
+        call_id: &str,
+        change: ServiceChange,
+    ) -> Result<ServiceApplied, EngineError> {
+        Engine::handle_service(self, now, call_id, change)
+    }
+}
+
 impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     /// The account of a call that can take a service now: it must exist (else
     /// [`EngineError::UnknownCall`]), be answered ([`EngineError::NotAnswered`]) and not have

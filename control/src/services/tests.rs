@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use rtpedge_dataplane::{Counter, FakeDataplane, Verdict};
+use rtpedge_dataplane::{Counter, Dataplane, FakeDataplane, Verdict};
 use serde_json::json;
 
 use super::*;
@@ -14,7 +14,9 @@ use crate::{
         fraud::FraudConfig,
     },
     charging::ChargingConfig,
-    engine::{AnswerRequest, Direction, EngineConfig, FakeMedia, Flags, MediaDesc, OfferRequest},
+    engine::{
+        AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc, OfferRequest,
+    },
 };
 
 const A: &str = "192.0.2.10:4000";
@@ -552,4 +554,97 @@ fn a_setup_token_limits_the_services_of_its_call() {
     w.request("c1", t, json!({"recorder": "192.0.2.99:7000"}))
         .unwrap();
     assert_eq!(w.tokens(), 1);
+}
+
+/// ng `service` (rtpedge extension): the same request in ng form, values as Kamailio's flags
+/// give them (strings), keys in ng spelling.
+#[test]
+fn the_ng_service_command_inserts_a_service() {
+    use crate::{
+        ng::{self, Value as Ng},
+        ngserver::{AdmitAll, NgServer},
+    };
+    let mut w = World::new(2);
+    let mut server = NgServer::new(Vec::new());
+    let from: SocketAddr = sa("127.0.0.1:9");
+    let ticket = w.ticket(Service::AddParty, json!({}));
+    let dgram = |cookie: &str, v: Ng| {
+        let mut out = format!("{cookie} ").into_bytes();
+        ng::encode(&v, &mut out);
+        out
+    };
+    let req = Ng::new_dict()
+        .with("command", "service")
+        .with("call-id", "c1")
+        .with("ticket", ticket.as_str())
+        .with("service", "add-party")
+        .with("remote", "203.0.113.50:6000")
+        .with("rtcp-mux", "yes")
+        .with("media", "0");
+    let reply = server
+        .handle(
+            &mut w.engine,
+            &mut w.charging,
+            &dgram("s1", req.clone()),
+            from,
+            w.now,
+        )
+        .unwrap();
+    let (_, body) = ng::split_cookie(&reply).unwrap();
+    let v = ng::decode(body).unwrap();
+    assert_eq!(v.get_str("result"), Some("ok"), "{v:?}");
+    assert_eq!(v.get_str("party"), Some("p1"));
+    assert_eq!(v.get("tokens-left"), Some(&Ng::Int(1)));
+    assert_eq!(v.get_str("rtcp-mux"), Some("yes"), "a muxed party leg");
+    assert!(v.get_str("sdp").unwrap().contains("a=rtcp-mux"));
+    assert_eq!(w.tokens(), 1);
+    // The same ticket again (new cookie): refused with a code.
+    let reply = server
+        .handle(
+            &mut w.engine,
+            &mut w.charging,
+            &dgram("s2", req),
+            from,
+            w.now,
+        )
+        .unwrap();
+    let v = ng::decode(ng::split_cookie(&reply).unwrap().1).unwrap();
+    assert_eq!(v.get_str("result"), Some("error"));
+    assert_eq!(v.get_str("error-code"), Some("replayed"));
+    // Split in ng form: groups as one string.
+    let t = w.ticket(Service::Split, json!({}));
+    let req = Ng::new_dict()
+        .with("command", "service")
+        .with("call-id", "c1")
+        .with("ticket", t.as_str())
+        .with("groups", "a,p1;b");
+    let reply = server
+        .handle(
+            &mut w.engine,
+            &mut w.charging,
+            &dgram("s3", req),
+            from,
+            w.now,
+        )
+        .unwrap();
+    let v = ng::decode(ng::split_cookie(&reply).unwrap().1).unwrap();
+    assert_eq!(v.get_str("result"), Some("ok"), "{v:?}");
+    assert_eq!(v.get("isolated"), Some(&Ng::list(["b"])), "{v:?}");
+    // Without a charging layer (AdmitAll), services are refused.
+    let t = w.ticket(Service::Fork, json!({}));
+    let req = Ng::new_dict()
+        .with("command", "service")
+        .with("call-id", "c1")
+        .with("ticket", t.as_str())
+        .with("recorder", "192.0.2.99:7000");
+    let reply = server
+        .handle(&mut w.engine, &mut AdmitAll, &dgram("s4", req), from, w.now)
+        .unwrap();
+    let v = ng::decode(ng::split_cookie(&reply).unwrap().1).unwrap();
+    assert_eq!(v.get_str("error-code"), Some("not-configured"));
+    // Two services applied, two events for the channel.
+    let events = w.charging.take_service_events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["service"], "add-party");
+    assert_eq!(events[1]["service"], "split");
 }
