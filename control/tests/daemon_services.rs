@@ -30,6 +30,7 @@ struct Daemon {
     child: Child,
     ng: SocketAddr,
     http: SocketAddr,
+    ws: SocketAddr,
     dir: std::path::PathBuf,
 }
 
@@ -68,6 +69,7 @@ impl Daemon {
             child,
             ng,
             http: http_addr,
+            ws: format!("127.0.0.1:{}", ng_port + 20000).parse().unwrap(),
             dir,
         };
         let c = NgClient::new(ng)
@@ -492,4 +494,115 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
         .unwrap();
     let c = cdr(&d, "svc-party");
     assert_eq!(c["services"], serde_json::json!(["add-party"]), "{c}");
+}
+
+/// The event channel: `call`/`SERVICE` requests are answered like the HTTP route, and every
+/// service applied is announced to `call` subscribers.
+#[test]
+fn a_service_over_the_event_channel_is_answered_and_announced() {
+    use rtpedge::channel::{Body, ChannelClient, ClientConfig, ClientEvent, Frame};
+    let d = Daemon::start(22293, "48500-48999");
+    let (s, a) = http(
+        d.http,
+        "POST",
+        "/v1/accounts/acme/tokens",
+        r#"{"count": 1}"#,
+    );
+    assert_eq!(s, 200, "{a}");
+    let _call = answered_call(&d, "svc-ws");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg = ClientConfig::new(format!("ws://{}/", d.ws));
+        cfg.role = Some("operator".into());
+        cfg.subscribe = vec!["call".into()];
+        let mut client = ChannelClient::connect(cfg).await.expect("connect");
+        // Frames not yet asked for are kept (the event may come before the answer).
+        let mut seen: Vec<Frame> = Vec::new();
+        let next = async |client: &mut ChannelClient,
+                          seen: &mut Vec<Frame>,
+                          want: &dyn Fn(&Frame) -> bool| {
+            if let Some(i) = seen.iter().position(want) {
+                return seen.remove(i);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let ev = tokio::time::timeout_at(deadline, client.next_event())
+                    .await
+                    .expect("no such frame within 10 s")
+                    .expect("channel");
+                if let ClientEvent::Request(f)
+                | ClientEvent::Message(f)
+                | ClientEvent::Response(f)
+                | ClientEvent::Error(f) = ev
+                {
+                    if want(&f) {
+                        return f;
+                    }
+                    seen.push(f);
+                }
+            }
+        };
+        // A forged ticket: an error frame with the HTTP status as code.
+        let forged = Signer::from_seed([1u8; 32])
+            .sign_ticket(&TicketClaims {
+                call_id: "svc-ws".into(),
+                account: "acme".into(),
+                service: Service::QosUpgrade,
+                params: serde_json::Map::new(),
+                exp: u64::MAX / 2,
+                nonce: "w0".into(),
+            })
+            .unwrap();
+        let seq = client
+            .request(Body::new(
+                "call",
+                "SERVICE",
+                serde_json::json!({"call_id": "svc-ws", "ticket": forged}),
+            ))
+            .unwrap();
+        let err = next(&mut client, &mut seen, &|f: &Frame| {
+            f.correlation == Some(seq)
+        })
+        .await;
+        assert_eq!(err.code, Some(401), "{err:?}");
+        assert!(
+            err.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("bad-signature"),
+            "{err:?}"
+        );
+        // A genuine one: the answer, and the event.
+        let seq = client
+            .request(Body::new(
+                "call",
+                "SERVICE",
+                serde_json::json!({
+                    "call_id": "svc-ws",
+                    "ticket": ticket("svc-ws", Service::QosUpgrade, "w1"),
+                    "service": "qos",
+                    "dscp": 34,
+                }),
+            ))
+            .unwrap();
+        let answer = next(&mut client, &mut seen, &|f: &Frame| {
+            f.correlation == Some(seq)
+        })
+        .await;
+        assert_eq!(answer.code, None, "{answer:?}");
+        assert_eq!(answer.payload["dscp"], 34, "{answer:?}");
+        assert_eq!(answer.payload["tokens_left"], 0, "{answer:?}");
+        let ev = next(&mut client, &mut seen, &|f: &Frame| {
+            f.package.as_deref() == Some("call") && f.payload["event"] == "service"
+        })
+        .await;
+        assert_eq!(ev.payload["call_id"], "svc-ws");
+        assert_eq!(ev.payload["service"], "qos-upgrade");
+        assert_eq!(ev.payload["account"], "acme");
+    });
+    let (_, call) = http(d.http, "GET", "/v1/calls/svc-ws", "");
+    assert!(call.contains("\"state\":\"answered\""), "{call}");
 }
