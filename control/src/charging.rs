@@ -101,6 +101,8 @@ pub struct Charging {
     confirmed: HashMap<String, Money>,
     /// Services applied, for the event channel.
     service_events: Vec<serde_json::Value>,
+    /// Service requests by outcome (`applied`, or the refusal's code) and service.
+    service_counts: std::collections::BTreeMap<(String, &'static str), u64>,
 }
 
 impl Charging {
@@ -120,6 +122,7 @@ impl Charging {
             granted: HashMap::new(),
             confirmed: HashMap::new(),
             service_events: Vec::new(),
+            service_counts: std::collections::BTreeMap::new(),
             credit: CreditControl::new(cfg.credit)
                 .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
@@ -502,6 +505,20 @@ impl Charging {
     /// Records a service applied (its JSON), for the event channel.
     pub fn push_service_event(&mut self, ev: serde_json::Value) {
         self.service_events.push(ev);
+    }
+
+    /// Counts a service request: `service` (or `unknown` before the ticket was read) and its
+    /// outcome (`applied`, or the refusal's code).
+    pub fn count_service(&mut self, service: &str, outcome: &'static str) {
+        *self
+            .service_counts
+            .entry((service.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    /// Service requests so far, by (service, outcome).
+    pub fn service_counts(&self) -> impl Iterator<Item = (&(String, &'static str), &u64)> {
+        self.service_counts.iter()
     }
 
     /// Services applied since the last call, oldest first.

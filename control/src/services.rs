@@ -477,6 +477,30 @@ pub fn handle_service(
     call_id: &str,
     req: &ServiceRequest,
 ) -> Result<ServiceOutcome, ServiceError> {
+    let result = handle(now, engine, charging, call_id, req);
+    let service = match &result {
+        Ok(out) => out.service.as_str(),
+        Err(_) => req
+            .service
+            .as_deref()
+            .and_then(|s| parse_service(s).ok())
+            .map_or("unknown", Service::as_str),
+    };
+    let outcome = match &result {
+        Ok(_) => "applied",
+        Err(e) => e.code(),
+    };
+    charging.count_service(service, outcome);
+    result
+}
+
+fn handle(
+    now: Timestamp,
+    engine: &mut dyn ServiceTarget,
+    charging: &mut Charging,
+    call_id: &str,
+    req: &ServiceRequest,
+) -> Result<ServiceOutcome, ServiceError> {
     let account = engine
         .service_account(call_id)
         .map_err(|e| engine_refusal(call_id, e))?

@@ -396,6 +396,14 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
         acct.contains("\"tokens\":1"),
         "refusals took no token: {acct}"
     );
+    let (_, m) = http(d.http, "GET", "/metrics", "");
+    for line in [
+        "rtpedge_service_requests_total{service=\"fork\",outcome=\"applied\"} 1",
+        "rtpedge_service_requests_total{service=\"fork\",outcome=\"no-tokens\"} 1",
+        "rtpedge_service_requests_total{service=\"unknown\",outcome=\"bad-signature\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
     NgClient::new(d.ng)
         .unwrap()
         .delete("svc-fork", Some("a"), None, &[])
@@ -481,6 +489,13 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
         count(&at_a, 0xC) + count(&at_b, 0xC) > 0,
         !c_sent.is_empty()
     );
+    // The live-call view counts the new party's media.
+    let (_, view) = http(d.http, "GET", "/v1/calls/svc-party", "");
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let party = &view["media"][0]["parties"][0];
+    assert_eq!(party["party"], "p1", "{view}");
+    assert_eq!(party["local"], local.to_string(), "{view}");
+    assert_eq!(party["packets"], c_sent.len(), "{view}");
     // No token left: the next service is refused.
     let (s, e) = post_service(
         &d,

@@ -186,7 +186,10 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: ApiState) -> std
 pub fn call_json(r: &CallReport, reserved: Option<i64>) -> Value {
     let (mut packets, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
     for m in &r.media {
-        for s in [&m.from_a, &m.from_b] {
+        for s in [&m.from_a, &m.from_b]
+            .into_iter()
+            .chain(m.parties.iter().map(|(_, s)| s))
+        {
             packets += s.packets;
             bytes += s.bytes;
             dropped += s.errors;
@@ -216,6 +219,13 @@ pub fn call_json(r: &CallReport, reserved: Option<i64>) -> Value {
             "lost_ab": m.from_a.lost,
             "lost_ba": m.from_b.lost,
             "dropped_xdp": m.from_a.dropped_xdp + m.from_b.dropped_xdp,
+            "parties": m.parties.iter().map(|(name, s)| json!({
+                "party": name,
+                "local": s.local.map(|a| a.to_string()),
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "lost": s.lost,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }

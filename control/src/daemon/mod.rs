@@ -363,7 +363,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     let bytes = r
                         .media
                         .iter()
-                        .map(|m| m.from_a.bytes + m.from_b.bytes)
+                        .map(|m| {
+                            m.from_a.bytes
+                                + m.from_b.bytes
+                                + m.parties.iter().map(|(_, s)| s.bytes).sum::<u64>()
+                        })
                         .sum();
                     charging.on_usage(now.mono, &call, bytes);
                 }

@@ -999,6 +999,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     codec: p.codec.clone(),
                     from_a: self.stream_report(&p.sides[0]),
                     from_b: self.stream_report(&p.sides[1]),
+                    parties: p
+                        .parties
+                        .iter()
+                        .map(|(n, s)| (n.clone(), self.stream_report(s)))
+                        .collect(),
                 })
                 .collect(),
         })
