@@ -477,15 +477,12 @@ pub fn handle_service(
     call_id: &str,
     req: &ServiceRequest,
 ) -> Result<ServiceOutcome, ServiceError> {
-    let result = handle(now, engine, charging, call_id, req);
-    let service = match &result {
-        Ok(out) => out.service.as_str(),
-        Err(_) => req
-            .service
-            .as_deref()
-            .and_then(|s| parse_service(s).ok())
-            .map_or("unknown", Service::as_str),
-    };
+    // The service for the metrics: the ticket's once it verified, else what was asked.
+    let mut ticketed = None;
+    let result = handle(now, engine, charging, call_id, req, &mut ticketed);
+    let service = ticketed
+        .or_else(|| req.service.as_deref().and_then(|s| parse_service(s).ok()))
+        .map_or("unknown", Service::as_str);
     let outcome = match &result {
         Ok(_) => "applied",
         Err(e) => e.code(),
@@ -500,6 +497,7 @@ fn handle(
     charging: &mut Charging,
     call_id: &str,
     req: &ServiceRequest,
+    ticketed: &mut Option<Service>,
 ) -> Result<ServiceOutcome, ServiceError> {
     let account = engine
         .service_account(call_id)
@@ -512,6 +510,7 @@ fn handle(
     let claims: TicketClaims = charging
         .verify_ticket(now, call_id, &account, &req.ticket)
         .map_err(ServiceError::Ticket)?;
+    *ticketed = Some(claims.service);
     if let Some(asked) = &req.service {
         let asked = parse_service(asked)?;
         if asked != claims.service {

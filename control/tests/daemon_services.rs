@@ -400,6 +400,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
     for line in [
         "rtpedge_service_requests_total{service=\"fork\",outcome=\"applied\"} 1",
         "rtpedge_service_requests_total{service=\"fork\",outcome=\"no-tokens\"} 1",
+        "rtpedge_service_requests_total{service=\"unknown\",outcome=\"no-such-call\"} 1",
         "rtpedge_service_requests_total{service=\"unknown\",outcome=\"bad-signature\"} 1",
     ] {
         assert!(m.contains(line), "{line} in\n{m}");

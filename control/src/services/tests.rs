@@ -350,6 +350,19 @@ fn a_ticket_inserts_its_service_once() {
     let e = w.request("c1", t, json!({})).unwrap_err();
     assert_eq!((e.code(), e.http_status()), ("replayed", 409));
     assert_eq!(w.tokens(), 4);
+    // Counted under the ticket's service, though the request did not name it.
+    let counts: Vec<_> = w
+        .charging
+        .service_counts()
+        .map(|((s, o), n)| (s.clone(), *o, *n))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("qos-upgrade".to_string(), "applied", 1),
+            ("qos-upgrade".to_string(), "replayed", 1)
+        ]
+    );
 }
 
 #[test]
