@@ -463,6 +463,10 @@ fn engine_refusal(call_id: &str, e: EngineError) -> ServiceError {
         EngineError::Dataplane(rtpedge_dataplane::DataplaneError::Invalid(m)) => {
             ServiceError::BadRequest(m)
         }
+        // E.g. an IPv6 party on a host with IPv4 media addresses only.
+        EngineError::Media(e @ rtpedge_bridge::BridgeError::NoAddressOfFamily(_)) => {
+            ServiceError::BadRequest(e.to_string())
+        }
         other => ServiceError::Apply(other),
     }
 }

@@ -482,6 +482,16 @@ fn add_party_splices_a_third_leg_and_split_makes_subgroups() {
     assert_eq!(spliced[0].len(), 2);
     let b_leg = m.leg_at(w.legs.1).unwrap();
     assert_eq!(b_leg.splice, None, "B is on its own");
+    // A party of a family the host has no media address of: a bad request, and the token
+    // taken for it is given back.
+    let before = w.tokens();
+    let t = w.ticket(Service::AddParty, json!({}));
+    let e = w
+        .request("c1", t, json!({"remote": "[2001:db8::5]:6000"}))
+        .unwrap_err();
+    assert_eq!(e.http_status(), 400, "{e}");
+    assert!(e.to_string().contains("IPv6"), "{e}");
+    assert_eq!(w.tokens(), before, "refunded");
     // Unknown party names and groups that cannot be spliced are refused (no token taken).
     let t = w.ticket(Service::Split, json!({}));
     let e = w
