@@ -855,7 +855,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             } else {
                 self.cfg.media_timeout
             };
-            for s in &pair.sides {
+            for s in pair.all_sides() {
                 let idle = self.media.stats(s.leg.id).ok().and_then(|st| st.idle);
                 // Never received: silent since the splice, which the bridge measured.
                 if idle.is_some_and(|d| d < limit) {

@@ -671,3 +671,41 @@ fn the_ng_service_command_inserts_a_service() {
     assert_eq!(events[0]["service"], "add-party");
     assert_eq!(events[1]["service"], "split");
 }
+
+#[test]
+fn a_call_whose_added_party_still_talks_does_not_time_out() {
+    use rtpedge_bridge::BridgeEvent;
+    use std::time::Duration;
+    let mut w = World::new(1);
+    let t = w.ticket(Service::AddParty, json!({}));
+    let out = w
+        .request("c1", t, json!({"remote": "203.0.113.50:6000"}))
+        .unwrap();
+    let party: SocketAddr = out.to_json()["local"].as_str().unwrap().parse().unwrap();
+    let silent = Some(Duration::from_secs(600));
+    let legs: Vec<_> = w.engine.media().legs.keys().copied().collect();
+    for id in &legs {
+        w.engine.media_mut().legs.get_mut(id).unwrap().idle = silent;
+    }
+    let party_leg = w.engine.media().leg_at(party).unwrap().info.id;
+    w.engine.media_mut().legs.get_mut(&party_leg).unwrap().idle = Some(Duration::from_secs(1));
+    let a_leg = w.engine.media().leg_at(w.legs.0).unwrap().info.id;
+    w.engine.handle_media_event(
+        w.now,
+        BridgeEvent::MediaTimeout {
+            leg: a_leg,
+            idle: silent,
+        },
+    );
+    assert_eq!(w.engine.active_calls(), 1, "c1 still up");
+    // The party falls silent too: now the call times out.
+    w.engine.media_mut().legs.get_mut(&party_leg).unwrap().idle = silent;
+    w.engine.handle_media_event(
+        w.now,
+        BridgeEvent::MediaTimeout {
+            leg: party_leg,
+            idle: silent,
+        },
+    );
+    assert_eq!(w.engine.active_calls(), 0);
+}
