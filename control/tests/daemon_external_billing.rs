@@ -265,6 +265,28 @@ fn an_external_billing_system_grants_denies_and_exhausts_credit() {
         .await;
         assert_eq!(ended.payload["call_id"], "ext-2");
         assert_eq!(ended.payload["end_reason"], "credit-exhausted");
+        // The CDR's charge is the billing system's, not the local tariff's: what it granted
+        // (30, of which about 0.3 s were used) until it confirms the final charge.
+        assert_eq!(ended.payload["cdr"]["charge"], 30, "{:?}", ended.payload);
+        let charged = billing
+            .request(Body::new(
+                "billing",
+                "CHARGED",
+                json!({"call_id": "ext-2", "charge": 1}),
+            ))
+            .unwrap();
+        let answer = wait_for(&mut billing, &mut seen, |f| f.correlation == Some(charged)).await;
+        assert_eq!(answer.code, None, "{answer:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, cdr) = http(d.http, "GET", "/v1/cdrs?call_id=ext-2", "");
+            let v: serde_json::Value = serde_json::from_str(&cdr).unwrap();
+            if v[0]["charge"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CDR not re-written: {cdr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // An unknown action is refused precisely and the session goes on.
         let bad = billing
             .request(Body::new("billing", "FROBNICATE", json!({})))

@@ -12,7 +12,9 @@
 //! pinholes' idle time too, by an engine timer, since the bridge no longer sees the media; RTP
 //! loss adds what the kernel counted (by the bridge's rules, `rtpedge_common::rtp_stats`) to
 //! the bridge's, and jitter is the kernel's while it forwards. Legs whose remote may move
-//! (signalled media handover) are never offloaded: the bridge must watch their probation.
+//! (signalled media handover) are never offloaded: the bridge must watch their probation; nor
+//! are pairs with added parties, split into groups, or forked to a recorder (mid-call
+//! services): the bridge does those.
 //! A re-offer (re-INVITE) takes the pair back to the bridge; its answer hands it to the kernel
 //! again once the bridge knows both remotes (a learning leg relatches first). Disabling the
 //! pair and ending the call take it back too; their pinholes close first in any case.
@@ -84,7 +86,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         let Some(pair) = self.calls.get(call_id).and_then(|c| c.pairs.get(i)) else {
             return;
         };
-        if pair.disabled || pair.splice.is_none() || pair.sides.iter().any(|s| s.fast.offloaded) {
+        if !self.cfg.fast_path
+            || pair.disabled
+            || pair.splices.len() != 1
+            || !pair.parties.is_empty()
+            || pair.forked
+            || pair.sides.iter().any(|s| s.fast.offloaded)
+        {
             return;
         }
         let mut remotes = [None; 2];

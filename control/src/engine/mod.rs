@@ -17,6 +17,7 @@
 mod fast_path;
 pub mod media;
 pub mod policy;
+pub mod service;
 pub mod types;
 
 use std::{
@@ -27,7 +28,7 @@ use std::{
 };
 
 use rtpedge_bridge::{BridgeError, BridgeEvent, LegId, LegInfo, LegRequest, SpliceId, SpliceMode};
-use rtpedge_dataplane::{Dataplane, DataplaneError, Dscp, PinholeSpec};
+use rtpedge_dataplane::{Dataplane, DataplaneError, Dscp, PinholeSpec, RateLimit};
 
 pub use self::media::{FakeMedia, MediaPlane};
 use self::policy::{dscp_for, enforcement};
@@ -88,6 +89,9 @@ pub enum EngineError {
     /// The call has ended (it is kept for the delete delay).
     #[error("call has ended")]
     CallEnded,
+    /// The call has not been answered yet (no media to change).
+    #[error("call has not been answered yet")]
+    NotAnswered,
     /// Configured limits reached.
     #[error("load limit reached")]
     LoadLimit,
@@ -137,9 +141,23 @@ struct Pair {
     codec: Option<String>,
     /// `sides[0]` faces A, `sides[1]` faces B.
     sides: [Side; 2],
-    splice: Option<SpliceId>,
+    /// Parties added during the call (service `add-party`), by name.
+    parties: Vec<(String, Side)>,
+    /// The splices of the pair's legs: one normally; several after a split.
+    splices: Vec<SpliceId>,
     disabled: bool,
     dscp: Option<u8>,
+    /// Rate limit of the pair's pinholes (service `qos-upgrade`).
+    rate: Option<RateLimit>,
+    /// Its legs fork to a recorder (service `fork`): the bridge must see every packet.
+    forked: bool,
+}
+
+impl Pair {
+    /// The sides facing A and B, then the added parties.
+    fn all_sides(&self) -> impl Iterator<Item = &Side> {
+        self.sides.iter().chain(self.parties.iter().map(|(_, s)| s))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +185,10 @@ struct Call {
     final_report: Option<CallReport>,
     /// Packets dropped at the call's closed pinholes when it ended.
     closed_drops_at_end: u64,
+    /// Services inserted, in order (the CDR's `services`).
+    services: Vec<String>,
+    /// Parties added so far (names `p1`, `p2`, ... unless given).
+    parties_added: u32,
 }
 
 impl Call {
@@ -284,7 +306,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         };
         call.pairs
             .iter()
-            .flat_map(|p| p.sides.iter())
+            .flat_map(Pair::all_sides)
             .filter(|s| s.pinholes)
             .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
             .filter_map(|local| self.dp.pinhole(local).ok().flatten())
@@ -343,6 +365,8 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     tos: req.flags.tos,
                     final_report: None,
                     closed_drops_at_end: 0,
+                    services: Vec::new(),
+                    parties_added: 0,
                 },
             );
             self.schedule(now.mono + self.cfg.offer_timeout, &req.call_id);
@@ -458,9 +482,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     fast: Default::default(),
                 },
             ],
-            splice: None,
+            parties: Vec::new(),
+            splices: Vec::new(),
             disabled: true,
             dscp: None,
+            rate: None,
+            forked: false,
         });
         Ok(())
     }
@@ -527,9 +554,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     fast: Default::default(),
                 },
             ],
-            splice: None,
+            parties: Vec::new(),
+            splices: Vec::new(),
             disabled: false,
             dscp,
+            rate: None,
+            forked: false,
         });
         self.legs.insert(a.id, call_id.to_string());
         self.legs.insert(b.id, call_id.to_string());
@@ -590,6 +620,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             .iter()
             .any(|s| s.remote.as_ref().is_some_and(|r| r.direction.is_hold()));
         let dscp = pair.dscp.map(Dscp::new).transpose()?;
+        let rate = pair.rate;
         self.media.set_remote(leg.id, enf.bridge)?;
         let timeout = if hold {
             self.cfg.silent_timeout
@@ -599,7 +630,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         self.media.set_media_timeout(leg.id, timeout)?;
         // Pinholes are created closed at the offer and opened by the answer; a re-offer of an
         // answered call updates them in place, open.
-        for spec in pinhole_specs(&leg, &enf, dscp) {
+        for spec in pinhole_specs(&leg, &enf, dscp, rate) {
             self.dp.open_pinhole(&spec)?;
             if !answered {
                 self.dp.close_pinhole(spec.local)?;
@@ -709,13 +740,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if pair.disabled || pair.sides.iter().any(|s| s.remote.is_none()) {
             return Ok(());
         }
-        if pair.splice.is_none() {
-            let legs = [pair.sides[0].leg.id, pair.sides[1].leg.id];
-            pair.splice = Some(self.media.splice(&legs, SpliceMode::Full)?);
+        if pair.splices.is_empty() {
+            let legs: Vec<LegId> = pair.all_sides().map(|s| s.leg.id).collect();
+            pair.splices = vec![self.media.splice(&legs, SpliceMode::Full)?];
         }
         let locals: Vec<SocketAddr> = pair
-            .sides
-            .iter()
+            .all_sides()
+            .filter(|s| s.pinholes)
             .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
             .collect();
         for local in locals {
@@ -748,17 +779,16 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             return;
         };
         pair.disabled = true;
-        let splice = pair.splice.take();
+        let splices = std::mem::take(&mut pair.splices);
         let locals: Vec<SocketAddr> = pair
-            .sides
-            .iter()
+            .all_sides()
             .filter(|s| s.pinholes)
             .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
             .collect();
-        if let Some(s) = splice
-            && let Err(e) = self.media.unsplice(s)
-        {
-            tracing::warn!(call = call_id, error = %e, "unsplice failed");
+        for s in splices {
+            if let Err(e) = self.media.unsplice(s) {
+                tracing::warn!(call = call_id, error = %e, "unsplice failed");
+            }
         }
         for local in locals {
             if let Err(e) = self.dp.close_pinhole(local) {
@@ -861,7 +891,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             } else {
                 self.cfg.media_timeout
             };
-            for s in &pair.sides {
+            for s in pair.all_sides() {
                 // Never received: silent since the splice, which the bridge measured.
                 if let Some(idle) = self.side_idle(s).filter(|d| *d < limit) {
                     all_silent = false;
@@ -942,10 +972,10 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             });
         }
         for pair in &call.pairs {
-            if let Some(s) = pair.splice {
-                let _ = self.media.unsplice(s);
+            for s in &pair.splices {
+                let _ = self.media.unsplice(*s);
             }
-            for s in &pair.sides {
+            for s in pair.all_sides() {
                 for local in std::iter::once(s.leg.rtp).chain(s.leg.rtcp) {
                     if s.pinholes
                         && let Err(e) = self.dp.remove_pinhole(local)
@@ -1026,6 +1056,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     codec: p.codec.clone(),
                     from_a: self.stream_report(&p.sides[0]),
                     from_b: self.stream_report(&p.sides[1]),
+                    parties: p
+                        .parties
+                        .iter()
+                        .map(|(n, s)| (n.clone(), self.stream_report(s)))
+                        .collect(),
                 })
                 .collect(),
         })
@@ -1055,7 +1090,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             dropped_xdp: 0,
             charge: None,
             flags: Vec::new(),
-            services: Vec::new(),
+            services: call.services.clone(),
         };
         if let (Some(a), Some((e, _))) = (call.answered, call.ended) {
             cdr.duration_ms = (e.unix_ms - a.unix_ms).max(0);
@@ -1082,19 +1117,20 @@ fn pinhole_specs(
     leg: &LegInfo,
     enf: &policy::RemoteEnforcement,
     dscp: Option<Dscp>,
+    rate: Option<RateLimit>,
 ) -> Vec<PinholeSpec> {
     let mut v = vec![PinholeSpec {
         local: leg.rtp,
         remote: enf.rtp_pinhole,
         dscp,
-        rate: None,
+        rate,
     }];
     if let Some(rtcp) = leg.rtcp {
         v.push(PinholeSpec {
             local: rtcp,
             remote: enf.rtcp_pinhole,
             dscp,
-            rate: None,
+            rate,
         });
     }
     v

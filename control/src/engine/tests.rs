@@ -879,3 +879,39 @@ fn fast_path_never_takes_legs_whose_remote_may_move() {
     assert_eq!(t.forward(a_leg), None);
     assert_eq!(t.forward(b_leg), None);
 }
+
+#[test]
+fn fast_path_gives_way_to_a_recorder_fork_and_returns_after_qos() {
+    let mut t = fast();
+    let (a_leg, b_leg) = t.call("c1");
+    t.bridge_heard(a_leg, 1);
+    t.bridge_heard(b_leg, 1);
+    assert!(t.forward(a_leg).is_some());
+    // A QoS upgrade re-marks: the kernel's entries are rewritten with the new DSCP.
+    t.e.handle_service(
+        t.now,
+        "c1",
+        service::ServiceChange::Qos {
+            dscp: 34,
+            rate: None,
+        },
+    )
+    .unwrap();
+    let f = t.forward(a_leg).expect("still in the kernel");
+    assert_eq!(f.dscp.map(|d| d.value()), Some(34));
+    // A recorder fork needs every packet in the bridge: the call leaves the fast path for good.
+    t.e.handle_service(
+        t.now,
+        "c1",
+        service::ServiceChange::Fork {
+            recorder: sa("192.0.2.200:9000"),
+            recorder_rtcp: None,
+            media: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.forward(a_leg), None);
+    assert_eq!(t.forward(b_leg), None);
+    t.bridge_heard(a_leg, 2);
+    assert_eq!(t.forward(a_leg), None);
+}
