@@ -776,11 +776,35 @@ fn fast_path_forwards_spliced_legs(
     assert!(callee_sock.recv_n(1, Duration::from_millis(300)).is_empty());
     assert_eq!(ebpf.pinhole(leg_a).num("dropped_closed"), 10);
 
+    // A sender that leaves its UDP checksum to offload hands XDP a partial one: the fast path
+    // cannot complete it, so such packets go up the stack (where it is completed), never out
+    // with a wrong checksum.
+    let ethtool = rtpedge_tests::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &topo.tx_ns,
+        "ethtool",
+        "-K",
+        &topo.tx_if,
+        "tx",
+        "on",
+    ]));
+    assert!(ethtool.success(), "{ethtool}");
+    let fallback_before = ebpf.counters().get("forward_fallback");
+    send_rtp(&callee_sock, leg_b, 0xb, 150..160);
+    wait_judged(ebpf, leg_b, 1 + N + 10);
+    assert!(caller_sock.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(
+        ebpf.counters().get("forward_fallback"),
+        fallback_before + 10
+    );
+    assert_eq!(ebpf.counters().get("forwarded"), 2 * N);
+
     // Unforward: media goes up the stack again, where (no bridge here) nothing is listening.
     ebpf.ok(&["pinhole", "unforward", "--local", &b]);
     assert!(ebpf.pinhole(leg_b).0["forward"].is_null());
     send_rtp(&callee_sock, leg_b, 0xb, 2000..2010);
-    wait_judged(ebpf, leg_b, 1 + N + 10);
+    wait_judged(ebpf, leg_b, 1 + N + 20);
     assert!(caller_sock.recv_n(1, Duration::from_millis(300)).is_empty());
     assert_eq!(ebpf.counters().get("forwarded"), 2 * N);
 }

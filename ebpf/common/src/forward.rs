@@ -26,15 +26,15 @@ pub struct RtpFields {
 /// forward, by the bridge's rules (`rtpedge_bridge::rtp::parse`): version 2, CSRC list and
 /// header extension inside the datagram, padding count (with [`FORWARD_CHECK_PADDING`]) between
 /// 1 and the payload's length. RTCP multiplexed on the RTP port (second byte 192..=223, RFC
-/// 5761) is `None` too: the bridge handles it. `read4(off)` and `read1(off)` read the datagram
-/// at `off` (the program: bounds-checked packet reads; tests: a slice).
+/// 5761) is `None` too: the bridge handles it. `read4(off)` reads 4 bytes of the datagram at
+/// `off` (the program: bounds-checked packet reads; tests: a slice); single bytes are read as
+/// the last of 4, which keeps the BPF verifier's packet-range tracking simple.
 #[inline(always)]
 pub fn rtp_for_fast_path(
     fixed: &[u8; 12],
     len: usize,
     check_padding: bool,
-    read4: impl FnOnce(usize) -> Option<[u8; 4]>,
-    read1: impl FnOnce(usize) -> Option<u8>,
+    mut read4: impl FnMut(usize) -> Option<[u8; 4]>,
 ) -> Option<RtpFields> {
     if len < 12 || fixed[0] >> 6 != 2 || (192..=223).contains(&fixed[1]) {
         return None;
@@ -57,7 +57,8 @@ pub fn rtp_for_fast_path(
         if header_len >= len {
             return None;
         }
-        let pad = usize::from(read1(len - 1)?);
+        // len >= 12: the 4 bytes ending with the last one are inside the datagram.
+        let pad = usize::from(read4(len - 4)?[3]);
         if pad == 0 || pad > len - header_len {
             return None;
         }
@@ -69,16 +70,95 @@ pub fn rtp_for_fast_path(
     })
 }
 
+/// Largest UDP datagram (header included) the fast path forwards: media-sized; also the bound of
+/// the checksum loop the verifier walks.
+pub const MAX_FAST_PATH_UDP_LEN: usize = 1500 + 8;
+
+/// Whether a UDP datagram's checksum verifies: the ones' complement sum of the pseudo-header
+/// and the whole datagram (`udp_len` bytes, checksum field included) is 0xffff. An IPv4
+/// datagram without a checksum (zero) passes. The fast path forwards nothing else: its rewrite
+/// updates the checksum incrementally, which is only right if it was complete, and a packet
+/// that a local sender handed over with a partial (offloaded) one is exactly what must reach
+/// the stack instead. `header` is the UDP header; `read4(off)` reads 4 bytes of the datagram at
+/// `off` (>= 8).
+#[inline(always)]
+pub fn udp_checksum_verifies(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    v4: bool,
+    header: &[u8; 8],
+    udp_len: usize,
+    mut read4: impl FnMut(usize) -> Option<[u8; 4]>,
+) -> bool {
+    if !(8..=MAX_FAST_PATH_UDP_LEN).contains(&udp_len) {
+        return false;
+    }
+    if v4 && header[6] == 0 && header[7] == 0 {
+        return true;
+    }
+    let mut sum: u64 = 17 + udp_len as u64;
+    let addr_from = if v4 { 12 } else { 0 };
+    let mut i = addr_from;
+    while i < 16 {
+        sum += u64::from(u16::from_be_bytes([src[i], src[i + 1]]))
+            + u64::from(u16::from_be_bytes([dst[i], dst[i + 1]]));
+        i += 2;
+    }
+    let mut h = 0;
+    while h < 8 {
+        sum += u64::from(u16::from_be_bytes([header[h], header[h + 1]]));
+        h += 2;
+    }
+    let words = udp_len / 4;
+    let mut w = 2;
+    while w < MAX_FAST_PATH_UDP_LEN / 4 {
+        if w >= words {
+            break;
+        }
+        let Some(b) = read4(4 * w) else {
+            return false;
+        };
+        sum += u64::from(u16::from_be_bytes([b[0], b[1]]))
+            + u64::from(u16::from_be_bytes([b[2], b[3]]));
+        w += 1;
+    }
+    // The last 1..=3 bytes: the 4 bytes ending with the datagram (udp_len >= 8) hold them.
+    let tail_len = udp_len - 4 * words;
+    if tail_len > 0 {
+        let Some(last4) = read4(udp_len - 4) else {
+            return false;
+        };
+        // The tail starts 4-aligned (an even offset): its first byte is a word's high half.
+        // Shifts, not indexing: a variable index into a stack array is beyond the verifier.
+        let v = u64::from(u32::from_be_bytes(last4));
+        sum += match tail_len {
+            1 => (v & 0xff) << 8,
+            2 => v & 0xffff,
+            _ => ((v >> 8) & 0xffff) + ((v & 0xff) << 8),
+        };
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// [`udp_checksum_verifies`] over a datagram in memory (host tests and tools).
+pub fn udp_checksum_verifies_in(src: &[u8; 16], dst: &[u8; 16], v4: bool, datagram: &[u8]) -> bool {
+    let Some(header) = datagram.first_chunk::<8>() else {
+        return false;
+    };
+    udp_checksum_verifies(src, dst, v4, header, datagram.len(), |off| {
+        datagram.get(off..off + 4)?.try_into().ok()
+    })
+}
+
 /// [`rtp_for_fast_path`] over a whole datagram in memory (host tests and tools).
 pub fn rtp_for_fast_path_in(datagram: &[u8], check_padding: bool) -> Option<RtpFields> {
     let fixed: &[u8; 12] = datagram.first_chunk()?;
-    rtp_for_fast_path(
-        fixed,
-        datagram.len(),
-        check_padding,
-        |off| datagram.get(off..off + 4)?.try_into().ok(),
-        |off| datagram.get(off).copied(),
-    )
+    rtp_for_fast_path(fixed, datagram.len(), check_padding, |off| {
+        datagram.get(off..off + 4)?.try_into().ok()
+    })
 }
 
 /// Hop limit / TTL of forwarded packets: they leave as packets the host sends, not as routed
@@ -297,6 +377,8 @@ mod tests {
         std::vec![
             Vec::new(),
             std::vec![0x80],
+            std::vec![0x80, 0x7f],
+            std::vec![0xff, 0x01, 0xfe],
             (0..172u32).map(|i| (i * 7 + 3) as u8).collect(),
             std::vec![0xff; 161],
             std::vec![0; 160],
@@ -427,6 +509,72 @@ mod tests {
         assert_eq!(rtp_for_fast_path_in(&q, true), None);
         *q.last_mut().unwrap() = 160;
         assert!(rtp_for_fast_path_in(&q, true).is_some());
+    }
+
+    #[test]
+    fn checksums_verify_only_when_complete() {
+        let src = crate::logic::ipv4_mapped([198, 51, 100, 7]);
+        let dst = crate::logic::ipv4_mapped([203, 0, 113, 1]);
+        for payload in payloads() {
+            let (ip, udp) = v4_packet(&payload, 0);
+            let mut dgram = udp.to_vec();
+            dgram.extend_from_slice(&payload);
+            assert_eq!((&ip[12..16], &ip[16..20]), (&src[12..], &dst[12..]));
+            assert!(
+                udp_checksum_verifies_in(&src, &dst, true, &dgram),
+                "{payload:?}"
+            );
+            // A partial (offloaded) checksum: the pseudo-header sum only, not inverted.
+            let mut partial = dgram.clone();
+            let c = u16::from_be_bytes([dgram[6], dgram[7]]);
+            partial[6..8].copy_from_slice(&(!c).wrapping_add(1).to_be_bytes());
+            assert!(!udp_checksum_verifies_in(&src, &dst, true, &partial));
+            // One flipped payload bit.
+            if !payload.is_empty() {
+                let mut bad = dgram.clone();
+                *bad.last_mut().unwrap() ^= 0x10;
+                assert!(!udp_checksum_verifies_in(&src, &dst, true, &bad));
+            }
+            // No checksum at all (IPv4): fine.
+            let mut none = dgram.clone();
+            none[6..8].copy_from_slice(&[0, 0]);
+            assert!(udp_checksum_verifies_in(&src, &dst, true, &none));
+            assert!(
+                !udp_checksum_verifies_in(&src, &dst, false, &none),
+                "IPv6 needs one"
+            );
+            // And after the fast path's rewrite, the checksum still verifies.
+            let (mut ip2, mut udp2) = v4_packet(&payload, 0);
+            let fwd = fwd_v4(46);
+            ipv4_forward(&mut ip2, &mut udp2, &fwd);
+            let mut out = udp2.to_vec();
+            out.extend_from_slice(&payload);
+            assert!(udp_checksum_verifies_in(
+                &fwd.src_addr,
+                &fwd.dst_addr,
+                true,
+                &out
+            ));
+        }
+        // IPv6.
+        let s6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let d6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let payload = [0x80u8, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        let mut udp = [0u8; 8];
+        udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        let c = udp_checksum(&s6, &d6, &udp, &payload);
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+        let mut dgram = udp.to_vec();
+        dgram.extend_from_slice(&payload);
+        assert!(udp_checksum_verifies_in(&s6, &d6, false, &dgram));
+        assert!(!udp_checksum_verifies_in(
+            &d6,
+            &s6.map(|b| b ^ 1),
+            false,
+            &dgram
+        ));
+        // Out of range lengths never verify.
+        assert!(!udp_checksum_verifies_in(&s6, &d6, false, &dgram[..7]));
     }
 
     #[test]

@@ -310,8 +310,9 @@ pub enum Counter {
     /// Passed packets forwarded in the kernel (XDP_TX) through a [`Forward`] entry.
     Forwarded = 12,
     /// Passed packets with a [`Forward`] entry that went up the stack instead (the spliced
-    /// leg's remote has not sent anything yet, or arrives on another interface; family
-    /// mismatch; VLAN): the bridge forwards those.
+    /// leg's remote has not sent anything yet, or arrives on another interface; not valid RTP,
+    /// or RTCP; a UDP checksum that does not verify, e.g. a local sender's partial one; family
+    /// mismatch; VLAN): the bridge judges those.
     ForwardFallback = 13,
 }
 

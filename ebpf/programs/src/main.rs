@@ -32,8 +32,8 @@ use rtpedge_common::{
     Config, Counter, DSCP_NONE, Forward, LearnedSource, MAX_PINHOLES, Meta, NextHop, Pinhole,
     PinholeKey, PinholeStats,
     forward::{
-        FORWARD_CHECK_PADDING, RtpFields, family_matches, ipv4_forward, ipv6_forward,
-        rtp_for_fast_path,
+        FORWARD_CHECK_PADDING, MAX_FAST_PATH_UDP_LEN, RtpFields, family_matches, ipv4_forward,
+        ipv6_forward, rtp_for_fast_path, udp_checksum_verifies,
     },
     logic::{
         SourceVerdict, addr_eq, check_source, ipv4_mapped, ipv4_rewrite_dscp, ipv6_rewrite_dscp,
@@ -463,7 +463,7 @@ fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usi
     let udp_len = u16::from_be_bytes([udp_hdr[4], udp_hdr[5]]) as usize;
     // The whole datagram must be here (not a first fragment), and media-sized: the bound also
     // keeps the packet offsets below the verifier's limit.
-    if udp_len < UDP_HLEN + 12 || udp_len > 1500 + UDP_HLEN {
+    if udp_len < UDP_HLEN + 12 || udp_len > MAX_FAST_PATH_UDP_LEN {
         return None;
     }
     let payload = m.l4_off + UDP_HLEN;
@@ -472,13 +472,16 @@ fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usi
         return None;
     }
     let fixed = read::<[u8; 12]>(ctx, payload)?;
-    let rtp = rtp_for_fast_path(
-        &fixed,
-        len,
-        fwd.flags & FORWARD_CHECK_PADDING != 0,
-        |off| read::<[u8; 4]>(ctx, payload + (off & 0x7ff)),
-        |off| read::<u8>(ctx, payload + (off & 0x7ff)),
-    )?;
+    let rtp = rtp_for_fast_path(&fixed, len, fwd.flags & FORWARD_CHECK_PADDING != 0, |off| {
+        read::<[u8; 4]>(ctx, payload + (off & 0x7ff))
+    })?;
+    // The rewrite updates the checksum incrementally: only a complete one stays right. A
+    // partial one (a local sender's checksum offload) goes to the stack, which completes it.
+    if !udp_checksum_verifies(&m.src, &m.dst, m.v4, &udp_hdr, udp_len, |off| {
+        read::<[u8; 4]>(ctx, m.l4_off + (off & 0x7ff))
+    }) {
+        return None;
+    }
     let out = PinholeKey {
         addr: fwd.src_addr,
         port: fwd.src_port,
