@@ -596,20 +596,17 @@ mod tests {
     use crate::{
         billing::{MemoryLedger, Mode},
         engine::{
-            AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc,
-            OfferRequest, Timestamp,
+            AnswerRequest, Engine, EngineConfig, FakeMedia, Flags, MediaDesc, OfferRequest,
+            Timestamp,
         },
+        test_support,
     };
 
+    /// An audio stream that names no codec.
     fn audio(rtp: &str) -> MediaDesc {
         MediaDesc {
-            kind: "audio".into(),
-            protocol: "RTP/AVP".into(),
-            rtp: rtp.parse().unwrap(),
-            rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
             codec: None,
+            ..test_support::audio(rtp)
         }
     }
 
@@ -623,46 +620,17 @@ mod tests {
     impl World {
         /// 60/min (1 per second), 1 s increments, no fee, prepaid, 30 s slices.
         fn new(balance: i64) -> Self {
-            let mut ledger = MemoryLedger::new();
-            let t = Tariff::from_spec(
-                "t1",
-                &TariffSpec {
-                    per_minute: 60,
-                    per_kilobyte: 0,
-                    increment_s: 1,
-                    initial_increment_s: None,
-                    connection_fee: 0,
-                },
-            )
-            .unwrap();
-            ledger.put_tariff(&t).unwrap();
-            ledger
-                .put_account(
-                    "acme",
-                    &AccountSpec {
-                        balance,
-                        tariff: "t1".into(),
-                        mode: Mode::Prepaid,
-                    },
-                )
-                .unwrap();
+            let ledger = test_support::ledger_t1(60, &[("acme", balance, Mode::Prepaid)]);
             let charging = Charging::new(
                 ChargingConfig {
-                    fraud: FraudConfig {
-                        call_rate: None,
-                        ..FraudConfig::default()
-                    },
+                    fraud: test_support::no_call_rate_limit(),
                     ..ChargingConfig::default()
                 },
                 Box::new(ledger),
             )
             .unwrap();
             World {
-                engine: Engine::new(
-                    EngineConfig::default(),
-                    FakeMedia::new("203.0.113.1".parse().unwrap()),
-                    FakeDataplane::new(),
-                ),
+                engine: test_support::fake_engine(EngineConfig::default()),
                 charging,
                 now: Timestamp::now(),
                 cdrs: Vec::new(),
@@ -925,40 +893,11 @@ mod tests {
         w.charging = Charging::new(
             ChargingConfig {
                 external: true,
-                fraud: FraudConfig {
-                    call_rate: None,
-                    ..FraudConfig::default()
-                },
+                fraud: test_support::no_call_rate_limit(),
                 ..ChargingConfig::default()
             },
-            Box::new({
-                // The account and tariff still come from the ledger; credit does not.
-                let mut l = MemoryLedger::new();
-                l.put_tariff(
-                    &Tariff::from_spec(
-                        "t1",
-                        &TariffSpec {
-                            per_minute: 60,
-                            per_kilobyte: 0,
-                            increment_s: 1,
-                            initial_increment_s: None,
-                            connection_fee: 0,
-                        },
-                    )
-                    .unwrap(),
-                )
-                .unwrap();
-                l.put_account(
-                    "acme",
-                    &AccountSpec {
-                        balance: 0,
-                        tariff: "t1".into(),
-                        mode: Mode::Prepaid,
-                    },
-                )
-                .unwrap();
-                l
-            }),
+            // The account and tariff still come from the ledger; credit does not.
+            Box::new(test_support::ledger_t1(60, &[("acme", 0, Mode::Prepaid)])),
         )
         .unwrap();
         w.charging.set_billing_connected(w.now.mono, true);
