@@ -7,118 +7,38 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rtpedge::{
     billing::auth::{Service, Signer, TicketClaims},
-    ng::{NgClient, Value},
+    ng::NgClient,
 };
 
 #[path = "support/http.rs"]
 mod http_client;
 use http_client::http;
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{Daemon, media_port};
 
 const SEED: [u8; 32] = [42u8; 32];
 
-struct Daemon {
-    child: Child,
-    ng: SocketAddr,
-    http: SocketAddr,
-    ws: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(ng_port: u16, ports: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("rtpedge-services-{}-{ng_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("rtpedge.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[auth]\nticket_keys = [\"{}\"]\n",
-                Signer::from_seed(SEED).public_key_hex()
-            ),
-        )
-        .unwrap();
-        let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
-        let http_addr: SocketAddr = format!("127.0.0.1:{}", ng_port + 10000).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
-            .arg("--config")
-            .arg(&conf)
-            .args(["--ng", &ng.to_string(), "--http", &http_addr.to_string()])
-            .args(["--ports", ports])
-            .args(["--no-xdp", "--workers", "1", "--delete-delay", "1"])
-            .args(["--ws", &format!("127.0.0.1:{}", ng_port + 20000)])
-            .arg("--cdr-db")
-            .arg(dir.join("cdr.sqlite"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rtpedge");
-        let d = Daemon {
-            child,
-            ng,
-            http: http_addr,
-            ws: format!("127.0.0.1:{}", ng_port + 20000).parse().unwrap(),
-            dir,
-        };
-        let c = NgClient::new(ng)
-            .unwrap()
-            .with_timeout(Duration::from_millis(300));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.ping().is_err() {
-            assert!(Instant::now() < deadline, "daemon did not answer ping");
-        }
-        let (s, b) = http(
-            d.http,
-            "PUT",
-            "/v1/tariffs/t",
-            r#"{"per_minute": 60, "per_kilobyte": 0, "increment_s": 1, "connection_fee": 0}"#,
-        );
-        assert_eq!(s, 200, "{b}");
-        let (s, b) = http(
-            d.http,
-            "PUT",
-            "/v1/accounts/acme",
-            r#"{"balance": 100000, "tariff": "t", "mode": "prepaid"}"#,
-        );
-        assert_eq!(s, 200, "{b}");
-        d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn sdp(port: u16) -> Vec<u8> {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
-    )
-    .into_bytes()
-}
-
-fn media_port(sdp: &[u8]) -> u16 {
-    String::from_utf8_lossy(sdp)
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .expect("m= port")
+/// A daemon that trusts tickets signed with `SEED`, with the prepaid account `acme`.
+fn start(ng_port: u16, ports: &str) -> Daemon {
+    let d = Daemon::builder("services", ng_port, ports)
+        .config(format!(
+            "[auth]\nticket_keys = [\"{}\"]\n",
+            Signer::from_seed(SEED).public_key_hex()
+        ))
+        .args(["--delete-delay", "1"])
+        .start();
+    d.prepaid_acme("t", 100000);
+    d
 }
 
 /// An RTP packet whose payload is unique to (ssrc, seq).
@@ -149,28 +69,13 @@ struct Call {
 }
 
 fn answered_call(d: &Daemon, call_id: &str) -> Call {
-    let ng = NgClient::new(d.ng)
-        .unwrap()
-        .with_timeout(Duration::from_millis(500));
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let offer = ng
-        .offer(
-            call_id,
-            "a",
-            &sdp(caller.local_addr().unwrap().port()),
-            &[("account", Value::from("acme"))],
-        )
-        .unwrap();
-    let answer = ng
-        .answer(
-            call_id,
-            "a",
-            "b",
-            &sdp(callee.local_addr().unwrap().port()),
-            &[],
-        )
-        .unwrap();
+    let (offer, answer) = d.billed_call(
+        call_id,
+        caller.local_addr().unwrap().port(),
+        callee.local_addr().unwrap().port(),
+    );
     let leg = |sdp: &[u8]| SocketAddr::from(([127, 0, 0, 1], media_port(sdp)));
     Call {
         caller,
@@ -251,22 +156,9 @@ fn stream(
     })
 }
 
-fn cdr(d: &Daemon, call_id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (s, body) = http(d.http, "GET", &format!("/v1/cdrs?call_id={call_id}"), "");
-        assert_eq!(s, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if !v[0]["end_reason"].is_null() || Instant::now() > deadline {
-            return v[0].clone();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_running_call_forks_to_a_recorder_byte_for_byte() {
-    let d = Daemon::start(22290, "47000-47499");
+    let d = start(22290, "47000-47499");
     let call = answered_call(&d, "svc-fork");
     let recorder = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rec_addr = recorder.local_addr().unwrap();
@@ -409,13 +301,13 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
         .unwrap()
         .delete("svc-fork", Some("a"), None, &[])
         .unwrap();
-    let c = cdr(&d, "svc-fork");
+    let c = d.cdr("svc-fork");
     assert_eq!(c["services"], serde_json::json!(["fork"]), "{c}");
 }
 
 #[test]
 fn an_added_party_hears_both_and_is_heard_by_both() {
-    let d = Daemon::start(22291, "47500-47999");
+    let d = start(22291, "47500-47999");
     let (s, a) = http(
         d.http,
         "POST",
@@ -508,7 +400,7 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
         .unwrap()
         .delete("svc-party", Some("a"), None, &[])
         .unwrap();
-    let c = cdr(&d, "svc-party");
+    let c = d.cdr("svc-party");
     assert_eq!(c["services"], serde_json::json!(["add-party"]), "{c}");
 }
 
@@ -517,7 +409,7 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
 #[test]
 fn a_service_over_the_event_channel_is_answered_and_announced() {
     use rtpedge::channel::{Body, ChannelClient, ClientConfig, ClientEvent, Frame};
-    let d = Daemon::start(22293, "48500-48999");
+    let d = start(22293, "48500-48999");
     let (s, a) = http(
         d.http,
         "POST",
