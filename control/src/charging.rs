@@ -595,10 +595,7 @@ mod tests {
     use super::*;
     use crate::{
         billing::{MemoryLedger, Mode},
-        engine::{
-            AnswerRequest, Engine, EngineConfig, FakeMedia, Flags, MediaDesc, OfferRequest,
-            Timestamp,
-        },
+        engine::{Engine, EngineConfig, FakeMedia, MediaDesc, Timestamp},
         test_support,
     };
 
@@ -639,37 +636,16 @@ mod tests {
 
         /// Offers and answers a call billed to `acme`; returns the caller-facing leg.
         fn call(&mut self, id: &str) -> SocketAddr {
-            let flags = Flags {
-                account: Some("acme".into()),
-                ..Flags::default()
-            };
-            self.engine
-                .offer(
-                    self.now,
-                    OfferRequest {
-                        call_id: id.into(),
-                        from_tag: "f".into(),
-                        to_tag: None,
-                        media: vec![audio("192.0.2.10:4000")],
-                        flags,
-                    },
-                )
-                .unwrap();
-            let a = self
-                .engine
-                .answer(
-                    self.now,
-                    AnswerRequest {
-                        call_id: id.into(),
-                        from_tag: "f".into(),
-                        to_tag: "t".into(),
-                        media: vec![audio("198.51.100.20:5000")],
-                        flags: Flags::default(),
-                    },
-                )
-                .unwrap();
+            let (caller_leg, _) = test_support::offer_answer(
+                &mut self.engine,
+                self.now,
+                id,
+                Some("acme"),
+                audio("192.0.2.10:4000"),
+                audio("198.51.100.20:5000"),
+            );
             self.pump();
-            a[0].rtp
+            caller_leg
         }
 
         /// What the daemon's loop does: engine events through charging, cuts into the engine.
@@ -961,34 +937,14 @@ mod tests {
     #[test]
     fn an_unknown_account_is_not_given_media() {
         let mut w = World::new(1000);
-        let flags = Flags {
-            account: Some("nobody".into()),
-            ..Flags::default()
-        };
-        w.engine
-            .offer(
-                w.now,
-                OfferRequest {
-                    call_id: "c9".into(),
-                    from_tag: "f".into(),
-                    to_tag: None,
-                    media: vec![audio("192.0.2.10:4000")],
-                    flags,
-                },
-            )
-            .unwrap();
-        w.engine
-            .answer(
-                w.now,
-                AnswerRequest {
-                    call_id: "c9".into(),
-                    from_tag: "f".into(),
-                    to_tag: "t".into(),
-                    media: vec![audio("198.51.100.20:5000")],
-                    flags: Flags::default(),
-                },
-            )
-            .unwrap();
+        test_support::offer_answer(
+            &mut w.engine,
+            w.now,
+            "c9",
+            Some("nobody"),
+            audio("192.0.2.10:4000"),
+            audio("198.51.100.20:5000"),
+        );
         w.pump();
         assert_eq!(w.engine.active_calls(), 0);
         assert_eq!(w.cdrs[0].end_reason, Some(EndReason::CreditExhausted));

@@ -2,11 +2,16 @@
 //! engine on the fake media and data planes, an audio stream, and an in-memory ledger with a
 //! per-second tariff.
 
+use std::net::SocketAddr;
+
 use rtpedge_dataplane::FakeDataplane;
 
 use crate::{
     billing::{AccountSpec, Ledger, MemoryLedger, Mode, Tariff, TariffSpec, fraud::FraudConfig},
-    engine::{Direction, Engine, EngineConfig, FakeMedia, MediaDesc},
+    engine::{
+        AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc, OfferRequest,
+        Timestamp,
+    },
 };
 
 /// The edge's media address in the fake media plane.
@@ -19,6 +24,49 @@ pub(crate) fn fake_engine(cfg: EngineConfig) -> Engine<FakeMedia, FakeDataplane>
         FakeMedia::new(EDGE.parse().unwrap()),
         FakeDataplane::new(),
     )
+}
+
+/// Offers the call `id` (from tag `f`, billed to `account`, the caller's media `caller`) and
+/// answers it (to tag `t`, the callee's media `callee`); returns the caller-facing and the
+/// callee-facing legs of its first stream.
+pub(crate) fn offer_answer(
+    engine: &mut Engine<FakeMedia, FakeDataplane>,
+    now: Timestamp,
+    id: &str,
+    account: Option<&str>,
+    caller: MediaDesc,
+    callee: MediaDesc,
+) -> (SocketAddr, SocketAddr) {
+    let callee_leg = engine
+        .offer(
+            now,
+            OfferRequest {
+                call_id: id.into(),
+                from_tag: "f".into(),
+                to_tag: None,
+                media: vec![caller],
+                flags: Flags {
+                    account: account.map(str::to_string),
+                    ..Flags::default()
+                },
+            },
+        )
+        .unwrap()[0]
+        .rtp;
+    let caller_leg = engine
+        .answer(
+            now,
+            AnswerRequest {
+                call_id: id.into(),
+                from_tag: "f".into(),
+                to_tag: "t".into(),
+                media: vec![callee],
+                flags: Flags::default(),
+            },
+        )
+        .unwrap()[0]
+        .rtp;
+    (caller_leg, callee_leg)
 }
 
 /// A send-receive PCMU audio stream with RTP at `rtp` ("addr:port").

@@ -13,8 +13,8 @@ use crate::{
         auth::{Signer, Verifier},
     },
     charging::ChargingConfig,
-    engine::{AnswerRequest, Engine, EngineConfig, FakeMedia, Flags, OfferRequest},
-    test_support::{audio, fake_engine, ledger_t1, no_call_rate_limit},
+    engine::{Engine, EngineConfig, FakeMedia, Flags, OfferRequest},
+    test_support::{audio, fake_engine, ledger_t1, no_call_rate_limit, offer_answer},
 };
 
 const A: &str = "192.0.2.10:4000";
@@ -71,39 +71,9 @@ impl World {
     }
 
     fn call(&mut self, id: &str, account: Option<&str>) -> (SocketAddr, SocketAddr) {
-        let b_leg = self
-            .engine
-            .offer(
-                self.now,
-                OfferRequest {
-                    call_id: id.into(),
-                    from_tag: "f".into(),
-                    to_tag: None,
-                    media: vec![audio(A)],
-                    flags: Flags {
-                        account: account.map(str::to_string),
-                        ..Flags::default()
-                    },
-                },
-            )
-            .unwrap()[0]
-            .rtp;
-        let a_leg = self
-            .engine
-            .answer(
-                self.now,
-                AnswerRequest {
-                    call_id: id.into(),
-                    from_tag: "f".into(),
-                    to_tag: "t".into(),
-                    media: vec![audio(B)],
-                    flags: Flags::default(),
-                },
-            )
-            .unwrap()[0]
-            .rtp;
+        let legs = offer_answer(&mut self.engine, self.now, id, account, audio(A), audio(B));
         self.pump();
-        (a_leg, b_leg)
+        legs
     }
 
     fn pump(&mut self) -> Vec<crate::engine::Cdr> {
