@@ -10,8 +10,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use rtpedge::ng::NgClient;
-
 #[path = "support/http.rs"]
 mod http_client;
 use http_client::http;
@@ -178,8 +176,7 @@ fn a_top_up_before_exhaustion_lets_the_call_continue() {
         beyond > 100,
         "media kept flowing past the original 3 s of credit: {beyond} packets"
     );
-    let ng = NgClient::new(d.ng).unwrap();
-    ng.delete("prepaid-2", Some("a"), None, &[]).unwrap();
+    d.delete_billed_call("prepaid-2");
     let c = d.cdr("prepaid-2");
     assert_eq!(c["end_reason"], "delete", "{c}");
     let charge = c["charge"].as_i64().unwrap();

@@ -14,10 +14,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rtpedge::{
-    billing::auth::{Service, Signer, TicketClaims},
-    ng::NgClient,
-};
+use rtpedge::billing::auth::{Service, Signer, TicketClaims};
 
 #[path = "support/http.rs"]
 mod http_client;
@@ -85,18 +82,39 @@ fn answered_call(d: &Daemon, call_id: &str) -> Call {
     }
 }
 
+/// Gives `acme` `count` usage tokens.
+fn add_tokens(d: &Daemon, count: u32) {
+    let (s, a) = http(
+        d.http,
+        "POST",
+        "/v1/accounts/acme/tokens",
+        &format!(r#"{{"count": {count}}}"#),
+    );
+    assert_eq!(s, 200, "{a}");
+}
+
+/// A ticket for `acme` signed with `SEED` (trusted by the daemon), valid for a minute.
 fn ticket(call_id: &str, service: Service, nonce: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    Signer::from_seed(SEED)
+    sign_ticket(SEED, call_id, service, now + 60, nonce)
+}
+
+/// A ticket signed with a key the daemon does not trust.
+fn forged_ticket(call_id: &str, service: Service, nonce: &str) -> String {
+    sign_ticket([1u8; 32], call_id, service, u64::MAX / 2, nonce)
+}
+
+fn sign_ticket(seed: [u8; 32], call_id: &str, service: Service, exp: u64, nonce: &str) -> String {
+    Signer::from_seed(seed)
         .sign_ticket(&TicketClaims {
             call_id: call_id.into(),
             account: "acme".into(),
             service,
             params: serde_json::Map::new(),
-            exp: now + 60,
+            exp,
             nonce: nonce.into(),
         })
         .unwrap()
@@ -178,13 +196,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
         e["detail"].as_str().unwrap().contains("no usage tokens"),
         "{e}"
     );
-    let (s, a) = http(
-        d.http,
-        "POST",
-        "/v1/accounts/acme/tokens",
-        r#"{"count": 2}"#,
-    );
-    assert_eq!(s, 200, "{a}");
+    add_tokens(&d, 2);
     // Media flows both ways before, during and after the fork is inserted.
     let a_tx = stream(call.caller, call.to_caller_leg, 0xA, Arc::clone(&stop));
     let b_tx = stream(call.callee, call.to_callee_leg, 0xB, Arc::clone(&stop));
@@ -264,16 +276,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
         serde_json::json!({"ticket": ticket("nope", Service::Fork, "f2"), "recorder": rec_addr.to_string()}),
     );
     assert_eq!((s, e["code"].as_str()), (404, Some("no-such-call")), "{e}");
-    let forged = Signer::from_seed([1u8; 32])
-        .sign_ticket(&TicketClaims {
-            call_id: "svc-fork".into(),
-            account: "acme".into(),
-            service: Service::Fork,
-            params: serde_json::Map::new(),
-            exp: u64::MAX / 2,
-            nonce: "f3".into(),
-        })
-        .unwrap();
+    let forged = forged_ticket("svc-fork", Service::Fork, "f3");
     let (s, e) = post_service(
         &d,
         "svc-fork",
@@ -297,10 +300,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
-    NgClient::new(d.ng)
-        .unwrap()
-        .delete("svc-fork", Some("a"), None, &[])
-        .unwrap();
+    d.delete_billed_call("svc-fork");
     let c = d.cdr("svc-fork");
     assert_eq!(c["services"], serde_json::json!(["fork"]), "{c}");
 }
@@ -308,13 +308,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
 #[test]
 fn an_added_party_hears_both_and_is_heard_by_both() {
     let d = start(22291, "47500-47999");
-    let (s, a) = http(
-        d.http,
-        "POST",
-        "/v1/accounts/acme/tokens",
-        r#"{"count": 1}"#,
-    );
-    assert_eq!(s, 200, "{a}");
+    add_tokens(&d, 1);
     let call = answered_call(&d, "svc-party");
     let third = UdpSocket::bind("127.0.0.1:0").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -396,10 +390,7 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
         serde_json::json!({"ticket": ticket("svc-party", Service::QosUpgrade, "q1"), "service": "qos"}),
     );
     assert_eq!((s, e["code"].as_str()), (402, Some("no-tokens")), "{e}");
-    NgClient::new(d.ng)
-        .unwrap()
-        .delete("svc-party", Some("a"), None, &[])
-        .unwrap();
+    d.delete_billed_call("svc-party");
     let c = d.cdr("svc-party");
     assert_eq!(c["services"], serde_json::json!(["add-party"]), "{c}");
 }
@@ -410,13 +401,7 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
 fn a_service_over_the_event_channel_is_answered_and_announced() {
     use rtpedge::channel::{Body, ChannelClient, ClientConfig, ClientEvent, Frame};
     let d = start(22293, "48500-48999");
-    let (s, a) = http(
-        d.http,
-        "POST",
-        "/v1/accounts/acme/tokens",
-        r#"{"count": 1}"#,
-    );
-    assert_eq!(s, 200, "{a}");
+    add_tokens(&d, 1);
     let _call = answered_call(&d, "svc-ws");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -454,16 +439,7 @@ fn a_service_over_the_event_channel_is_answered_and_announced() {
             }
         };
         // A forged ticket: an error frame with the HTTP status as code.
-        let forged = Signer::from_seed([1u8; 32])
-            .sign_ticket(&TicketClaims {
-                call_id: "svc-ws".into(),
-                account: "acme".into(),
-                service: Service::QosUpgrade,
-                params: serde_json::Map::new(),
-                exp: u64::MAX / 2,
-                nonce: "w0".into(),
-            })
-            .unwrap();
+        let forged = forged_ticket("svc-ws", Service::QosUpgrade, "w0");
         let seq = client
             .request(Body::new(
                 "call",

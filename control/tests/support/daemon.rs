@@ -198,6 +198,14 @@ impl Daemon {
         (offer, answer)
     }
 
+    /// Deletes (over ng) a call that [`Daemon::billed_call`] set up.
+    pub fn delete_billed_call(&self, call_id: &str) {
+        NgClient::new(self.ng)
+            .unwrap()
+            .delete(call_id, Some("a"), None, &[])
+            .unwrap();
+    }
+
     /// The CDR of `call_id` once it has an end reason (or as it is after 5 s).
     pub fn cdr(&self, call_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(5);
