@@ -595,21 +595,15 @@ mod tests {
     use super::*;
     use crate::{
         billing::{MemoryLedger, Mode},
-        engine::{
-            AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc,
-            OfferRequest, Timestamp,
-        },
+        engine::{Engine, EngineConfig, FakeMedia, MediaDesc, Timestamp},
+        test_support,
     };
 
+    /// An audio stream that names no codec.
     fn audio(rtp: &str) -> MediaDesc {
         MediaDesc {
-            kind: "audio".into(),
-            protocol: "RTP/AVP".into(),
-            rtp: rtp.parse().unwrap(),
-            rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
             codec: None,
+            ..test_support::audio(rtp)
         }
     }
 
@@ -623,46 +617,17 @@ mod tests {
     impl World {
         /// 60/min (1 per second), 1 s increments, no fee, prepaid, 30 s slices.
         fn new(balance: i64) -> Self {
-            let mut ledger = MemoryLedger::new();
-            let t = Tariff::from_spec(
-                "t1",
-                &TariffSpec {
-                    per_minute: 60,
-                    per_kilobyte: 0,
-                    increment_s: 1,
-                    initial_increment_s: None,
-                    connection_fee: 0,
-                },
-            )
-            .unwrap();
-            ledger.put_tariff(&t).unwrap();
-            ledger
-                .put_account(
-                    "acme",
-                    &AccountSpec {
-                        balance,
-                        tariff: "t1".into(),
-                        mode: Mode::Prepaid,
-                    },
-                )
-                .unwrap();
+            let ledger = test_support::ledger_t1(60, &[("acme", balance, Mode::Prepaid)]);
             let charging = Charging::new(
                 ChargingConfig {
-                    fraud: FraudConfig {
-                        call_rate: None,
-                        ..FraudConfig::default()
-                    },
+                    fraud: test_support::no_call_rate_limit(),
                     ..ChargingConfig::default()
                 },
                 Box::new(ledger),
             )
             .unwrap();
             World {
-                engine: Engine::new(
-                    EngineConfig::default(),
-                    FakeMedia::new("203.0.113.1".parse().unwrap()),
-                    FakeDataplane::new(),
-                ),
+                engine: test_support::fake_engine(EngineConfig::default()),
                 charging,
                 now: Timestamp::now(),
                 cdrs: Vec::new(),
@@ -671,37 +636,16 @@ mod tests {
 
         /// Offers and answers a call billed to `acme`; returns the caller-facing leg.
         fn call(&mut self, id: &str) -> SocketAddr {
-            let flags = Flags {
-                account: Some("acme".into()),
-                ..Flags::default()
-            };
-            self.engine
-                .offer(
-                    self.now,
-                    OfferRequest {
-                        call_id: id.into(),
-                        from_tag: "f".into(),
-                        to_tag: None,
-                        media: vec![audio("192.0.2.10:4000")],
-                        flags,
-                    },
-                )
-                .unwrap();
-            let a = self
-                .engine
-                .answer(
-                    self.now,
-                    AnswerRequest {
-                        call_id: id.into(),
-                        from_tag: "f".into(),
-                        to_tag: "t".into(),
-                        media: vec![audio("198.51.100.20:5000")],
-                        flags: Flags::default(),
-                    },
-                )
-                .unwrap();
+            let (caller_leg, _) = test_support::offer_answer(
+                &mut self.engine,
+                self.now,
+                id,
+                Some("acme"),
+                audio("192.0.2.10:4000"),
+                audio("198.51.100.20:5000"),
+            );
             self.pump();
-            a[0].rtp
+            caller_leg
         }
 
         /// What the daemon's loop does: engine events through charging, cuts into the engine.
@@ -925,40 +869,11 @@ mod tests {
         w.charging = Charging::new(
             ChargingConfig {
                 external: true,
-                fraud: FraudConfig {
-                    call_rate: None,
-                    ..FraudConfig::default()
-                },
+                fraud: test_support::no_call_rate_limit(),
                 ..ChargingConfig::default()
             },
-            Box::new({
-                // The account and tariff still come from the ledger; credit does not.
-                let mut l = MemoryLedger::new();
-                l.put_tariff(
-                    &Tariff::from_spec(
-                        "t1",
-                        &TariffSpec {
-                            per_minute: 60,
-                            per_kilobyte: 0,
-                            increment_s: 1,
-                            initial_increment_s: None,
-                            connection_fee: 0,
-                        },
-                    )
-                    .unwrap(),
-                )
-                .unwrap();
-                l.put_account(
-                    "acme",
-                    &AccountSpec {
-                        balance: 0,
-                        tariff: "t1".into(),
-                        mode: Mode::Prepaid,
-                    },
-                )
-                .unwrap();
-                l
-            }),
+            // The account and tariff still come from the ledger; credit does not.
+            Box::new(test_support::ledger_t1(60, &[("acme", 0, Mode::Prepaid)])),
         )
         .unwrap();
         w.charging.set_billing_connected(w.now.mono, true);
@@ -1022,34 +937,14 @@ mod tests {
     #[test]
     fn an_unknown_account_is_not_given_media() {
         let mut w = World::new(1000);
-        let flags = Flags {
-            account: Some("nobody".into()),
-            ..Flags::default()
-        };
-        w.engine
-            .offer(
-                w.now,
-                OfferRequest {
-                    call_id: "c9".into(),
-                    from_tag: "f".into(),
-                    to_tag: None,
-                    media: vec![audio("192.0.2.10:4000")],
-                    flags,
-                },
-            )
-            .unwrap();
-        w.engine
-            .answer(
-                w.now,
-                AnswerRequest {
-                    call_id: "c9".into(),
-                    from_tag: "f".into(),
-                    to_tag: "t".into(),
-                    media: vec![audio("198.51.100.20:5000")],
-                    flags: Flags::default(),
-                },
-            )
-            .unwrap();
+        test_support::offer_answer(
+            &mut w.engine,
+            w.now,
+            "c9",
+            Some("nobody"),
+            audio("192.0.2.10:4000"),
+            audio("198.51.100.20:5000"),
+        );
         w.pump();
         assert_eq!(w.engine.active_calls(), 0);
         assert_eq!(w.cdrs[0].end_reason, Some(EndReason::CreditExhausted));

@@ -19,3 +19,5 @@ pub mod ngserver;
 pub mod sdp;
 pub mod services;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_support;

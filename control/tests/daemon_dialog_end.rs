@@ -4,16 +4,18 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, UdpSocket},
-    process::{Command, Stdio},
+    net::{TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
-use rtpedge::ng::{NgClient, Value};
+use rtpedge::ng::Value;
 
 #[path = "support/http.rs"]
 mod http_client;
 use http_client::http;
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{Daemon, sdp};
 
 /// Accepts one request; returns its body; answers a JSON-RPC result.
 fn mock_kamailio(l: TcpListener) -> std::thread::JoinHandle<(String, String)> {
@@ -64,57 +66,13 @@ fn a_call_cut_for_lack_of_credit_has_its_sip_dialog_ended() {
     let kam = TcpListener::bind("127.0.0.1:0").unwrap();
     let kam_addr = kam.local_addr().unwrap();
     let got = mock_kamailio(kam);
-    let dir = std::env::temp_dir().join(format!("rtpedge-dlg-end-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("rtpedge.toml");
-    std::fs::write(
-        &conf,
-        format!("[billing]\nend_dialog_url = \"http://{kam_addr}/RPC\"\n"),
-    )
-    .unwrap();
-    let ng: SocketAddr = "127.0.0.1:22292".parse().unwrap();
-    let http_addr: SocketAddr = "127.0.0.1:32292".parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
-        .arg("--config")
-        .arg(&conf)
-        .args(["--ng", &ng.to_string(), "--http", &http_addr.to_string()])
-        .args(["--ports", "44000-44499", "--no-xdp", "--workers", "1"])
-        .args(["--ws", "127.0.0.1:42292"])
-        .arg("--cdr-db")
-        .arg(dir.join("cdr.sqlite"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start rtpedge");
-    let c = NgClient::new(ng)
-        .unwrap()
-        .with_timeout(Duration::from_millis(300));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.ping().is_err() {
-        assert!(Instant::now() < deadline, "daemon did not answer ping");
-    }
-    let (s, b) = http(
-        http_addr,
-        "PUT",
-        "/v1/tariffs/t",
-        r#"{"per_minute": 60, "per_kilobyte": 0, "increment_s": 1, "connection_fee": 0}"#,
-    );
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = http(
-        http_addr,
-        "PUT",
-        "/v1/accounts/acme",
-        r#"{"balance": 1, "tariff": "t", "mode": "prepaid"}"#,
-    );
-    assert_eq!(s, 200, "{b}");
-    let sdp = |port: u16| {
-        format!(
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
-        )
-        .into_bytes()
-    };
+    let d = Daemon::builder("dlg-end", 22292, "44000-44499")
+        .config(format!(
+            "[billing]\nend_dialog_url = \"http://{kam_addr}/RPC\"\n"
+        ))
+        .start();
+    let c = d.client();
+    d.prepaid_acme("t", 1);
     let (a, b) = (
         UdpSocket::bind("127.0.0.1:0").unwrap(),
         UdpSocket::bind("127.0.0.1:0").unwrap(),
@@ -147,14 +105,11 @@ fn a_call_cut_for_lack_of_credit_has_its_sip_dialog_ended() {
     assert!(v["id"].is_u64(), "{v}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, m) = http(http_addr, "GET", "/metrics", "");
+        let (_, m) = http(d.http, "GET", "/metrics", "");
         if m.contains("rtpedge_dialog_end_total{result=\"ok\"} 1") {
             break;
         }
         assert!(Instant::now() < deadline, "not counted: {m}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }

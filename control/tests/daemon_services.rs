@@ -7,118 +7,35 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rtpedge::{
-    billing::auth::{Service, Signer, TicketClaims},
-    ng::{NgClient, Value},
-};
+use rtpedge::billing::auth::{Service, Signer, TicketClaims};
 
 #[path = "support/http.rs"]
 mod http_client;
 use http_client::http;
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{Daemon, media_port};
 
 const SEED: [u8; 32] = [42u8; 32];
 
-struct Daemon {
-    child: Child,
-    ng: SocketAddr,
-    http: SocketAddr,
-    ws: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(ng_port: u16, ports: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("rtpedge-services-{}-{ng_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("rtpedge.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[auth]\nticket_keys = [\"{}\"]\n",
-                Signer::from_seed(SEED).public_key_hex()
-            ),
-        )
-        .unwrap();
-        let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
-        let http_addr: SocketAddr = format!("127.0.0.1:{}", ng_port + 10000).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
-            .arg("--config")
-            .arg(&conf)
-            .args(["--ng", &ng.to_string(), "--http", &http_addr.to_string()])
-            .args(["--ports", ports])
-            .args(["--no-xdp", "--workers", "1", "--delete-delay", "1"])
-            .args(["--ws", &format!("127.0.0.1:{}", ng_port + 20000)])
-            .arg("--cdr-db")
-            .arg(dir.join("cdr.sqlite"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rtpedge");
-        let d = Daemon {
-            child,
-            ng,
-            http: http_addr,
-            ws: format!("127.0.0.1:{}", ng_port + 20000).parse().unwrap(),
-            dir,
-        };
-        let c = NgClient::new(ng)
-            .unwrap()
-            .with_timeout(Duration::from_millis(300));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.ping().is_err() {
-            assert!(Instant::now() < deadline, "daemon did not answer ping");
-        }
-        let (s, b) = http(
-            d.http,
-            "PUT",
-            "/v1/tariffs/t",
-            r#"{"per_minute": 60, "per_kilobyte": 0, "increment_s": 1, "connection_fee": 0}"#,
-        );
-        assert_eq!(s, 200, "{b}");
-        let (s, b) = http(
-            d.http,
-            "PUT",
-            "/v1/accounts/acme",
-            r#"{"balance": 100000, "tariff": "t", "mode": "prepaid"}"#,
-        );
-        assert_eq!(s, 200, "{b}");
-        d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn sdp(port: u16) -> Vec<u8> {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
-    )
-    .into_bytes()
-}
-
-fn media_port(sdp: &[u8]) -> u16 {
-    String::from_utf8_lossy(sdp)
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .expect("m= port")
+/// A daemon that trusts tickets signed with `SEED`, with the prepaid account `acme`.
+fn start(ng_port: u16, ports: &str) -> Daemon {
+    let d = Daemon::builder("services", ng_port, ports)
+        .config(format!(
+            "[auth]\nticket_keys = [\"{}\"]\n",
+            Signer::from_seed(SEED).public_key_hex()
+        ))
+        .args(["--delete-delay", "1"])
+        .start();
+    d.prepaid_acme("t", 100000);
+    d
 }
 
 /// An RTP packet whose payload is unique to (ssrc, seq).
@@ -149,28 +66,13 @@ struct Call {
 }
 
 fn answered_call(d: &Daemon, call_id: &str) -> Call {
-    let ng = NgClient::new(d.ng)
-        .unwrap()
-        .with_timeout(Duration::from_millis(500));
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let offer = ng
-        .offer(
-            call_id,
-            "a",
-            &sdp(caller.local_addr().unwrap().port()),
-            &[("account", Value::from("acme"))],
-        )
-        .unwrap();
-    let answer = ng
-        .answer(
-            call_id,
-            "a",
-            "b",
-            &sdp(callee.local_addr().unwrap().port()),
-            &[],
-        )
-        .unwrap();
+    let (offer, answer) = d.billed_call(
+        call_id,
+        caller.local_addr().unwrap().port(),
+        callee.local_addr().unwrap().port(),
+    );
     let leg = |sdp: &[u8]| SocketAddr::from(([127, 0, 0, 1], media_port(sdp)));
     Call {
         caller,
@@ -180,18 +82,39 @@ fn answered_call(d: &Daemon, call_id: &str) -> Call {
     }
 }
 
+/// Gives `acme` `count` usage tokens.
+fn add_tokens(d: &Daemon, count: u32) {
+    let (s, a) = http(
+        d.http,
+        "POST",
+        "/v1/accounts/acme/tokens",
+        &format!(r#"{{"count": {count}}}"#),
+    );
+    assert_eq!(s, 200, "{a}");
+}
+
+/// A ticket for `acme` signed with `SEED` (trusted by the daemon), valid for a minute.
 fn ticket(call_id: &str, service: Service, nonce: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    Signer::from_seed(SEED)
+    sign_ticket(SEED, call_id, service, now + 60, nonce)
+}
+
+/// A ticket signed with a key the daemon does not trust.
+fn forged_ticket(call_id: &str, service: Service, nonce: &str) -> String {
+    sign_ticket([1u8; 32], call_id, service, u64::MAX / 2, nonce)
+}
+
+fn sign_ticket(seed: [u8; 32], call_id: &str, service: Service, exp: u64, nonce: &str) -> String {
+    Signer::from_seed(seed)
         .sign_ticket(&TicketClaims {
             call_id: call_id.into(),
             account: "acme".into(),
             service,
             params: serde_json::Map::new(),
-            exp: now + 60,
+            exp,
             nonce: nonce.into(),
         })
         .unwrap()
@@ -251,22 +174,9 @@ fn stream(
     })
 }
 
-fn cdr(d: &Daemon, call_id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (s, body) = http(d.http, "GET", &format!("/v1/cdrs?call_id={call_id}"), "");
-        assert_eq!(s, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if !v[0]["end_reason"].is_null() || Instant::now() > deadline {
-            return v[0].clone();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_running_call_forks_to_a_recorder_byte_for_byte() {
-    let d = Daemon::start(22290, "47000-47499");
+    let d = start(22290, "47000-47499");
     let call = answered_call(&d, "svc-fork");
     let recorder = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rec_addr = recorder.local_addr().unwrap();
@@ -286,13 +196,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
         e["detail"].as_str().unwrap().contains("no usage tokens"),
         "{e}"
     );
-    let (s, a) = http(
-        d.http,
-        "POST",
-        "/v1/accounts/acme/tokens",
-        r#"{"count": 2}"#,
-    );
-    assert_eq!(s, 200, "{a}");
+    add_tokens(&d, 2);
     // Media flows both ways before, during and after the fork is inserted.
     let a_tx = stream(call.caller, call.to_caller_leg, 0xA, Arc::clone(&stop));
     let b_tx = stream(call.callee, call.to_callee_leg, 0xB, Arc::clone(&stop));
@@ -372,16 +276,7 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
         serde_json::json!({"ticket": ticket("nope", Service::Fork, "f2"), "recorder": rec_addr.to_string()}),
     );
     assert_eq!((s, e["code"].as_str()), (404, Some("no-such-call")), "{e}");
-    let forged = Signer::from_seed([1u8; 32])
-        .sign_ticket(&TicketClaims {
-            call_id: "svc-fork".into(),
-            account: "acme".into(),
-            service: Service::Fork,
-            params: serde_json::Map::new(),
-            exp: u64::MAX / 2,
-            nonce: "f3".into(),
-        })
-        .unwrap();
+    let forged = forged_ticket("svc-fork", Service::Fork, "f3");
     let (s, e) = post_service(
         &d,
         "svc-fork",
@@ -405,24 +300,15 @@ fn a_running_call_forks_to_a_recorder_byte_for_byte() {
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
-    NgClient::new(d.ng)
-        .unwrap()
-        .delete("svc-fork", Some("a"), None, &[])
-        .unwrap();
-    let c = cdr(&d, "svc-fork");
+    d.delete_billed_call("svc-fork");
+    let c = d.cdr("svc-fork");
     assert_eq!(c["services"], serde_json::json!(["fork"]), "{c}");
 }
 
 #[test]
 fn an_added_party_hears_both_and_is_heard_by_both() {
-    let d = Daemon::start(22291, "47500-47999");
-    let (s, a) = http(
-        d.http,
-        "POST",
-        "/v1/accounts/acme/tokens",
-        r#"{"count": 1}"#,
-    );
-    assert_eq!(s, 200, "{a}");
+    let d = start(22291, "47500-47999");
+    add_tokens(&d, 1);
     let call = answered_call(&d, "svc-party");
     let third = UdpSocket::bind("127.0.0.1:0").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -504,11 +390,8 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
         serde_json::json!({"ticket": ticket("svc-party", Service::QosUpgrade, "q1"), "service": "qos"}),
     );
     assert_eq!((s, e["code"].as_str()), (402, Some("no-tokens")), "{e}");
-    NgClient::new(d.ng)
-        .unwrap()
-        .delete("svc-party", Some("a"), None, &[])
-        .unwrap();
-    let c = cdr(&d, "svc-party");
+    d.delete_billed_call("svc-party");
+    let c = d.cdr("svc-party");
     assert_eq!(c["services"], serde_json::json!(["add-party"]), "{c}");
 }
 
@@ -517,14 +400,8 @@ fn an_added_party_hears_both_and_is_heard_by_both() {
 #[test]
 fn a_service_over_the_event_channel_is_answered_and_announced() {
     use rtpedge::channel::{Body, ChannelClient, ClientConfig, ClientEvent, Frame};
-    let d = Daemon::start(22293, "48500-48999");
-    let (s, a) = http(
-        d.http,
-        "POST",
-        "/v1/accounts/acme/tokens",
-        r#"{"count": 1}"#,
-    );
-    assert_eq!(s, 200, "{a}");
+    let d = start(22293, "48500-48999");
+    add_tokens(&d, 1);
     let _call = answered_call(&d, "svc-ws");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -562,16 +439,7 @@ fn a_service_over_the_event_channel_is_answered_and_announced() {
             }
         };
         // A forged ticket: an error frame with the HTTP status as code.
-        let forged = Signer::from_seed([1u8; 32])
-            .sign_ticket(&TicketClaims {
-                call_id: "svc-ws".into(),
-                account: "acme".into(),
-                service: Service::QosUpgrade,
-                params: serde_json::Map::new(),
-                exp: u64::MAX / 2,
-                nonce: "w0".into(),
-            })
-            .unwrap();
+        let forged = forged_ticket("svc-ws", Service::QosUpgrade, "w0");
         let seq = client
             .request(Body::new(
                 "call",

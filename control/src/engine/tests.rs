@@ -10,6 +10,7 @@ use std::{
 use rtpedge_dataplane::{Counter, Dataplane, FakeDataplane, PinholeState, Verdict};
 
 use super::*;
+use crate::test_support::{EDGE, audio, fake_engine};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -17,23 +18,10 @@ fn sa(s: &str) -> SocketAddr {
 
 const CALLER: &str = "192.0.2.10:4000";
 const CALLEE: &str = "198.51.100.20:5000";
-const EDGE: &str = "203.0.113.1";
 
 struct T {
     e: Engine<FakeMedia, FakeDataplane>,
     now: Timestamp,
-}
-
-fn audio(rtp: &str) -> MediaDesc {
-    MediaDesc {
-        kind: "audio".into(),
-        protocol: "RTP/AVP".into(),
-        rtp: sa(rtp),
-        rtcp: None,
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        codec: Some("PCMU/8000".into()),
-    }
 }
 
 impl T {
@@ -47,11 +35,7 @@ impl T {
             unix_ms: 1_800_000_000_000,
         };
         T {
-            e: Engine::new(
-                cfg,
-                FakeMedia::new(EDGE.parse().unwrap()),
-                FakeDataplane::new(),
-            ),
+            e: fake_engine(cfg),
             now: start,
         }
     }

@@ -9,14 +9,12 @@ use serde_json::json;
 use super::*;
 use crate::{
     billing::{
-        AccountSpec, Ledger, MemoryLedger, Mode, Tariff, TariffSpec,
+        Ledger, Mode,
         auth::{Signer, Verifier},
-        fraud::FraudConfig,
     },
     charging::ChargingConfig,
-    engine::{
-        AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc, OfferRequest,
-    },
+    engine::{Engine, EngineConfig, FakeMedia, Flags, OfferRequest},
+    test_support::{audio, fake_engine, ledger_t1, no_call_rate_limit, offer_answer},
 };
 
 const A: &str = "192.0.2.10:4000";
@@ -24,18 +22,6 @@ const B: &str = "198.51.100.20:5000";
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-fn audio(rtp: &str) -> MediaDesc {
-    MediaDesc {
-        kind: "audio".into(),
-        protocol: "RTP/AVP".into(),
-        rtp: sa(rtp),
-        rtcp: None,
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        codec: Some("PCMU/8000".into()),
-    }
 }
 
 struct World {
@@ -50,41 +36,20 @@ struct World {
 impl World {
     /// Account `acme` with `tokens` usage tokens, a running call `c1` billed to it.
     fn new(tokens: u32) -> Self {
-        let mut ledger = MemoryLedger::new();
-        let t = Tariff::from_spec(
-            "t1",
-            &TariffSpec {
-                per_minute: 60,
-                per_kilobyte: 0,
-                increment_s: 1,
-                initial_increment_s: None,
-                connection_fee: 0,
-            },
-        )
-        .unwrap();
-        ledger.put_tariff(&t).unwrap();
-        for acct in ["acme", "other"] {
-            ledger
-                .put_account(
-                    acct,
-                    &AccountSpec {
-                        balance: 10_000,
-                        tariff: "t1".into(),
-                        mode: Mode::Prepaid,
-                    },
-                )
-                .unwrap();
-        }
+        let mut ledger = ledger_t1(
+            60,
+            &[
+                ("acme", 10_000, Mode::Prepaid),
+                ("other", 10_000, Mode::Prepaid),
+            ],
+        );
         if tokens > 0 {
             ledger.add_tokens("acme", tokens).unwrap();
         }
         let signer = Signer::from_seed([9u8; 32]);
         let charging = Charging::new(
             ChargingConfig {
-                fraud: FraudConfig {
-                    call_rate: None,
-                    ..FraudConfig::default()
-                },
+                fraud: no_call_rate_limit(),
                 ticket_verifier: Some(Verifier::new(vec![signer.public_key()]).unwrap()),
                 ..ChargingConfig::default()
             },
@@ -92,11 +57,7 @@ impl World {
         )
         .unwrap();
         let mut w = World {
-            engine: Engine::new(
-                EngineConfig::default(),
-                FakeMedia::new("203.0.113.1".parse().unwrap()),
-                FakeDataplane::new(),
-            ),
+            engine: fake_engine(EngineConfig::default()),
             charging,
             signer,
             now: Timestamp {
@@ -110,39 +71,9 @@ impl World {
     }
 
     fn call(&mut self, id: &str, account: Option<&str>) -> (SocketAddr, SocketAddr) {
-        let b_leg = self
-            .engine
-            .offer(
-                self.now,
-                OfferRequest {
-                    call_id: id.into(),
-                    from_tag: "f".into(),
-                    to_tag: None,
-                    media: vec![audio(A)],
-                    flags: Flags {
-                        account: account.map(str::to_string),
-                        ..Flags::default()
-                    },
-                },
-            )
-            .unwrap()[0]
-            .rtp;
-        let a_leg = self
-            .engine
-            .answer(
-                self.now,
-                AnswerRequest {
-                    call_id: id.into(),
-                    from_tag: "f".into(),
-                    to_tag: "t".into(),
-                    media: vec![audio(B)],
-                    flags: Flags::default(),
-                },
-            )
-            .unwrap()[0]
-            .rtp;
+        let legs = offer_answer(&mut self.engine, self.now, id, account, audio(A), audio(B));
         self.pump();
-        (a_leg, b_leg)
+        legs
     }
 
     fn pump(&mut self) -> Vec<crate::engine::Cdr> {
@@ -532,30 +463,7 @@ fn a_setup_token_limits_the_services_of_its_call() {
             ..ChargingConfig::default()
         },
         Box::new({
-            let mut l = MemoryLedger::new();
-            l.put_tariff(
-                &Tariff::from_spec(
-                    "t1",
-                    &TariffSpec {
-                        per_minute: 0,
-                        per_kilobyte: 0,
-                        increment_s: 1,
-                        initial_increment_s: None,
-                        connection_fee: 0,
-                    },
-                )
-                .unwrap(),
-            )
-            .unwrap();
-            l.put_account(
-                "acme",
-                &AccountSpec {
-                    balance: 100,
-                    tariff: "t1".into(),
-                    mode: Mode::Postpaid,
-                },
-            )
-            .unwrap();
+            let mut l = ledger_t1(0, &[("acme", 100, Mode::Postpaid)]);
             l.add_tokens("acme", 2).unwrap();
             l
         }),
