@@ -191,6 +191,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             workers: cfg.workers,
             media_timeout: cfg.media_timeout,
             quarantine: cfg.port_quarantine,
+            // The control thread flushes before every ng reply and after every round of its
+            // loop: one worker wake-up (and at most one wait) per request, not per command.
+            batch_wakes: true,
             ..BridgeConfig::default()
         })
         .context("starting the media bridge")?,
@@ -295,7 +298,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             recv(inputs) -> input => match input {
                 Ok(Input::Ng { datagram, from }) => {
                     let now = Timestamp::now();
-                    if let Some(reply) = ng.handle(&mut engine, &mut charging, &datagram, from, now)
+                    let reply = ng.handle(&mut engine, &mut charging, &datagram, from, now);
+                    // What the request changed in the bridge is in effect before the reply
+                    // acknowledges it (a splice forwards, a deleted call forwards nothing).
+                    if let Err(e) = bridge.flush() {
+                        tracing::error!(error = %e, "bridge flush");
+                    }
+                    if let Some(reply) = reply
                         && let Err(e) = reply_sock.send_to(&reply, from)
                     {
                         tracing::warn!(%from, error = %e, "sending ng reply");
@@ -343,6 +352,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         ng.expire(now);
         drain(&mut engine, &mut charging, &writer, hub.as_ref());
+        // Timers, cuts and releases of this round reach the bridge now.
+        if let Err(e) = bridge.flush() {
+            tracing::error!(error = %e, "bridge flush");
+        }
         if let Some(hub) = &hub {
             dispatch_billing(&mut charging, hub, &mut pending);
         }
@@ -353,6 +366,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     );
     engine.shutdown(Timestamp::now());
     drain(&mut engine, &mut charging, &writer, hub.as_ref());
+    if let Err(e) = bridge.flush() {
+        tracing::error!(error = %e, "bridge flush");
+    }
     if let Some(hub) = &hub {
         dispatch_billing(&mut charging, hub, &mut pending);
     }
