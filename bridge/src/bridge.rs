@@ -33,6 +33,12 @@ use crate::{
     worker::{self, Command, LegSockets, StatsCell, WorkerHandle},
 };
 
+/// Commands that change no forwarding (a leg added, a remote or timeout of an unspliced leg,
+/// an unspliced leg removed) wait in the queue for the next wake-up (a flush that must wait,
+/// the worker's tick, at most 100 ms) until this many are queued: a worker woken per
+/// request costs a context switch each on a busy core.
+const LAZY_BACKLOG: usize = 256;
+
 /// Bridge configuration.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -183,6 +189,8 @@ struct Control {
     next_splice: u64,
     /// Per worker: commands posted since its last wake-up.
     posted: Vec<bool>,
+    /// Per worker: commands posted since its last wake-up.
+    backlog: Vec<usize>,
     /// Per worker: a posted command changes forwarding; `flush` waits for it.
     must_sync: Vec<bool>,
     next_barrier: u64,
@@ -244,6 +252,7 @@ impl Bridge {
                 next_splice: 1,
                 posted: vec![false; n],
                 must_sync: vec![false; n],
+                backlog: vec![0; n],
                 next_barrier: 1,
                 releasing: Vec::new(),
             }),
@@ -291,6 +300,7 @@ impl Bridge {
             return Err(BridgeError::WorkerGone);
         }
         c.posted[worker] = true;
+        c.backlog[worker] += 1;
         c.must_sync[worker] |= sync;
         if !self.cfg.batch_wakes {
             // Unbatched: in effect when the method returns, as a direct caller expects.
@@ -299,10 +309,11 @@ impl Bridge {
         Ok(())
     }
 
-    /// Puts everything posted so far in effect: wakes each worker that has commands queued
-    /// (once, however many) and waits for those whose commands change forwarding. When this
-    /// returns, no splice dissolved, leg released or remote replaced before it forwards
-    /// another packet. Failures of posted commands (which the handle's own checks make
+    /// Puts everything posted so far that changes forwarding in effect: wakes each worker
+    /// with such a command queued and waits for it (once, however many are queued). When
+    /// this returns, every splice made before forwards, and no splice dissolved, leg released
+    /// or remote replaced before forwards another packet. Commands that change no forwarding
+    /// are applied at the next wake-up, or within the worker's tick (100 ms). Failures of posted commands (which the handle's own checks make
     /// unexpected) are logged and the first is returned.
     pub fn flush(&self) -> Result<(), BridgeError> {
         let mut c = self.control();
@@ -321,6 +332,7 @@ impl Bridge {
                 }
                 w.wake();
                 c.posted[i] = false;
+                c.backlog[i] = 0;
                 c.must_sync[i] = false;
                 match w.wait_barrier(seq) {
                     Some(failures) => {
@@ -333,9 +345,10 @@ impl Bridge {
                     }
                     None => result = Err(BridgeError::WorkerGone),
                 }
-            } else if c.posted[i] {
+            } else if c.posted[i] && (c.backlog[i] >= LAZY_BACKLOG || !self.cfg.batch_wakes) {
                 w.wake();
                 c.posted[i] = false;
+                c.backlog[i] = 0;
             }
         }
         self.reap(c);
@@ -373,28 +386,29 @@ impl Bridge {
     }
 
     fn bind_pair(&self, ip: IpAddr, port: u16, rtcp_mux: bool) -> std::io::Result<LegSockets> {
-        let bind = |port: u16| -> std::io::Result<UdpSocket> {
+        // Non-blocking from creation (no fcntl round trips). RTCP (about one packet in a
+        // hundred) keeps the system's default buffers: only the RTP socket gets big ones.
+        let bind = |port: u16, big_buffers: bool| -> std::io::Result<UdpSocket> {
             let s = RawSocket::new(
                 Domain::for_address(SocketAddr::new(ip, port)),
-                Type::DGRAM,
+                Type::DGRAM.nonblocking(),
                 Some(Protocol::UDP),
             )?;
             if ip.is_ipv6() {
                 s.set_only_v6(true)?;
             }
-            if self.cfg.socket_buffer > 0 {
+            if big_buffers && self.cfg.socket_buffer > 0 {
                 let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
                 let _ = s.set_send_buffer_size(self.cfg.socket_buffer);
             }
-            s.set_nonblocking(true)?;
             s.bind(&SocketAddr::new(ip, port).into())?;
             Ok(s.into())
         };
-        let rtp = bind(port)?;
+        let rtp = bind(port, true)?;
         let rtcp = if rtcp_mux {
             None
         } else {
-            Some(bind(port + 1)?)
+            Some(bind(port + 1, false)?)
         };
         Ok(LegSockets { rtp, rtcp })
     }
