@@ -300,11 +300,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             if let Err(e) = bridge.flush() {
                 tracing::error!(error = %e, "bridge flush");
             }
-            for (reply, to) in replies.drain(..) {
-                if let Err(e) = sock.send_to(&reply, to) {
-                    tracing::warn!(%to, error = %e, "sending ng reply");
-                }
+            for (to, e) in wait::send_all(sock.as_raw_fd(), &replies) {
+                tracing::warn!(%to, error = %e, "sending ng reply");
             }
+            replies.clear();
         }
         if ready.inbox {
             bell.quiet();

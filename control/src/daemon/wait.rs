@@ -4,6 +4,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         Arc,
@@ -14,6 +15,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use rtpedge_bridge::BridgeEvent;
+use socket2::SockAddr;
 
 use crate::{api::ApiRequest, channel::HubEvent};
 
@@ -97,6 +99,62 @@ pub fn wait(ng: RawFd, bell: &Doorbell, timeout: Duration) -> io::Result<Ready> 
         ng: fds[0].revents != 0,
         inbox: fds[1].revents != 0,
     })
+}
+
+/// Sends datagrams, each to its own address, in as few `sendmmsg` calls as the kernel takes
+/// (a batch of ng replies: one system call, and the client is woken once rather than once per
+/// reply). Returns the errors of the datagrams that failed, with their addresses.
+pub fn send_all(fd: RawFd, datagrams: &[(Vec<u8>, SocketAddr)]) -> Vec<(SocketAddr, io::Error)> {
+    let mut errors = Vec::new();
+    let addrs: Vec<SockAddr> = datagrams.iter().map(|(_, a)| SockAddr::from(*a)).collect();
+    let mut iovs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|(d, _)| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = addrs
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|(a, iov)| {
+            // SAFETY: an all-zero msghdr is valid (no control data, no flags).
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = a.as_ptr() as *mut libc::c_void;
+            h.msg_namelen = a.len();
+            h.msg_iov = iov as *mut libc::iovec;
+            h.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let mut sent = 0;
+    while sent < msgs.len() {
+        let rest = &mut msgs[sent..];
+        // SAFETY: every header points at an address and an iovec that outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                rest.as_mut_ptr(),
+                rest.len().min(u32::MAX as usize) as libc::c_uint,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The first datagram of the rest failed: report it, go on with the others.
+            errors.push((datagrams[sent].1, e));
+            sent += 1;
+        } else {
+            sent += n as usize;
+        }
+    }
+    errors
 }
 
 /// An input other than ng.
@@ -189,6 +247,27 @@ mod tests {
                 inbox: false
             }
         );
+    }
+
+    #[test]
+    fn send_all_delivers_each_datagram_to_its_address_and_reports_failures() {
+        let from = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let batch = vec![
+            (b"one".to_vec(), a.local_addr().unwrap()),
+            // An IPv6 destination from an IPv4 socket fails; the rest still go.
+            (b"lost".to_vec(), "[::1]:9".parse().unwrap()),
+            (b"two".to_vec(), a.local_addr().unwrap()),
+        ];
+        let errors = send_all(from.as_raw_fd(), &batch);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "[::1]:9".parse::<SocketAddr>().unwrap());
+        let mut buf = [0u8; 16];
+        let (n, src) = a.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], src), (&b"one"[..], from.local_addr().unwrap()));
+        let (n, _) = a.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"two");
     }
 
     #[test]
