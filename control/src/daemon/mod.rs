@@ -386,7 +386,8 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
     loop {
         while let Some(ev) = engine.poll_event() {
             if let Some(cdr) = charging.on_engine_event(Instant::now(), ev) {
-                if let Some(hub) = hub {
+                // The notification (a JSON CDR) is built only when someone subscribed.
+                if let Some(hub) = hub.filter(|h| h.has_subscribers("call")) {
                     let event = if cdr.end_at.is_some() {
                         "ended"
                     } else {
