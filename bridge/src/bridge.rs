@@ -4,12 +4,15 @@
 //!
 //! Commands that cannot fail once the handle has checked them against its own view of legs and
 //! splices (adding and removing legs, remotes, media timeouts, splice, unsplice) are *posted*:
-//! queued for the worker in order, without waiting. The owner calls [`Bridge::flush`] where it
-//! needs them in effect (before acknowledging a request): it wakes each worker once, and waits
-//! for a worker only when something posted changes forwarding (splice, unsplice, removing a
-//! spliced leg, a new remote on a spliced leg). Queries (statistics, floor) are round trips and
-//! see everything posted before them. With `BridgeConfig::batch_wakes` off (the default), every
-//! method flushes before it returns, so a user that never calls `flush` sees each change in
+//! queued for the worker in order, without waiting. A worker applies its queue before it reads
+//! any socket, so a splice is in effect for every packet that arrives after it was posted. The
+//! owner calls [`Bridge::flush`] before acknowledging a request: it waits for a worker only
+//! when something posted must stop forwarding (unsplice, removing a spliced leg, a new remote
+//! on a spliced leg), so that no packet the worker has already read is forwarded after the
+//! flush; other commands wait in the queue for the next wake-up (packets, a flush that waits,
+//! the worker's tick). Queries (statistics, floor) are round trips and see everything posted
+//! before them. With `BridgeConfig::batch_wakes` off (the default), every method flushes and
+//! wakes the worker before it returns, so a user that never calls `flush` sees each change in
 //! effect when the method returns.
 //!
 //! The legs of a splice must live on one worker (so that forwarding between them needs no lock
@@ -33,10 +36,10 @@ use crate::{
     worker::{self, Command, LegSockets, StatsCell, WorkerHandle},
 };
 
-/// Commands that change no forwarding (a leg added, a remote or timeout of an unspliced leg,
-/// an unspliced leg removed) wait in the queue for the next wake-up (a flush that must wait,
-/// the worker's tick, at most 100 ms) until this many are queued: a worker woken per
-/// request costs a context switch each on a busy core.
+/// Commands that stop no forwarding (a leg added, a splice, a remote or timeout of an
+/// unspliced leg, an unspliced leg removed) wait in the queue for the next wake-up (a packet,
+/// a flush that must wait, the worker's tick, at most 100 ms) until this many are queued: a
+/// worker woken per request costs a context switch each on a busy core.
 const LAZY_BACKLOG: usize = 256;
 
 /// Bridge configuration.
@@ -191,7 +194,7 @@ struct Control {
     posted: Vec<bool>,
     /// Per worker: commands posted since its last wake-up.
     backlog: Vec<usize>,
-    /// Per worker: a posted command changes forwarding; `flush` waits for it.
+    /// Per worker: a posted command stops forwarding; `flush` waits for it.
     must_sync: Vec<bool>,
     next_barrier: u64,
     releasing: Vec<Releasing>,
@@ -286,7 +289,7 @@ impl Bridge {
         Ok(rx.recv().map_err(|_| BridgeError::WorkerGone)??)
     }
 
-    /// Queues a command for a worker without waiting; `sync`: it changes forwarding, so the
+    /// Queues a command for a worker without waiting; `sync`: it stops forwarding, so the
     /// next [`Bridge::flush`] waits until the worker has applied it.
     fn post(
         &self,
@@ -309,12 +312,14 @@ impl Bridge {
         Ok(())
     }
 
-    /// Puts everything posted so far that changes forwarding in effect: wakes each worker
-    /// with such a command queued and waits for it (once, however many are queued). When
-    /// this returns, every splice made before forwards, and no splice dissolved, leg released
-    /// or remote replaced before forwards another packet. Commands that change no forwarding
-    /// are applied at the next wake-up, or within the worker's tick (100 ms). Failures of posted commands (which the handle's own checks make
-    /// unexpected) are logged and the first is returned.
+    /// Puts in effect everything posted so far that stops forwarding: wakes each worker with
+    /// such a command queued and waits for it (once, however many are queued). When this
+    /// returns, no splice dissolved, leg released or remote replaced before forwards another
+    /// packet, not even one the worker had already read. Splices posted before are in effect
+    /// for every packet that arrives after they were posted (the worker applies its queue
+    /// before reading); the rest is applied at the worker's next wake-up, or within its tick
+    /// (100 ms). Failures of posted commands (which the handle's own checks make unexpected)
+    /// are logged and the first is returned.
     pub fn flush(&self) -> Result<(), BridgeError> {
         let mut c = self.control();
         self.flush_locked(&mut c)
@@ -577,8 +582,10 @@ impl Bridge {
         Ok(())
     }
 
-    /// Splices legs (two: a call; more: one-to-many; half duplex: push-to-talk). Takes effect
-    /// on the next packet after the worker applies it (posted; [`Bridge::flush`] waits for it).
+    /// Splices legs (two: a call; more: one-to-many; half duplex: push-to-talk). Posted
+    /// without a wait even in [`Bridge::flush`]: the worker applies queued commands before it
+    /// reads any socket, so every packet that arrives after this returns is forwarded (one
+    /// already read and being dropped as unspliced stays dropped: it came before).
     pub fn splice(&self, legs: &[LegId], mode: SpliceMode) -> Result<SpliceId, BridgeError> {
         let mut c = self.control();
         let first = *legs.first().ok_or(CoreError::TooFewLegs)?;
@@ -632,7 +639,7 @@ impl Bridge {
                 legs: distinct.clone(),
                 mode,
             },
-            true,
+            false,
         )?;
         for leg in &distinct {
             if let Some(e) = c.legs.get_mut(leg) {

@@ -297,6 +297,11 @@ impl Worker {
                 }
                 continue;
             }
+            // Commands posted without a wake-up (a splice) are in effect before any socket is
+            // read: a packet that arrives after the owner posted a splice is forwarded.
+            if !self.cmds.is_empty() {
+                self.drain_commands();
+            }
             for ev in events.iter().take(n as usize) {
                 let token = ev.u64;
                 if token == WAKE_TOKEN {
