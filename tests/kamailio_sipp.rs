@@ -754,8 +754,18 @@ fn total_rtp_packets(reply: &Value) -> Option<i64> {
 
 #[test]
 fn kamailio_and_sipp_calls_through_rtpedge() {
-    const TEST: &str = "kamailio_and_sipp_calls_through_rtpedge";
-    let Some(tools) = prerequisites(TEST) else {
+    calls_through_rtpedge("kamailio_and_sipp_calls_through_rtpedge", false);
+}
+
+/// The same calls with `--fast-path`: once media flows both ways, XDP forwards it without the
+/// bridge; every check above must hold all the same, and the kernel must have forwarded.
+#[test]
+fn kamailio_and_sipp_calls_through_the_fast_path() {
+    calls_through_rtpedge("kamailio_and_sipp_calls_through_the_fast_path", true);
+}
+
+fn calls_through_rtpedge(test: &str, fast_path: bool) {
+    let Some(tools) = prerequisites(test) else {
         return;
     };
     let started = Instant::now();
@@ -779,27 +789,49 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
         cdr_db.display().to_string(),
     );
     let (edge, edge_if) = (lab.edge.clone(), lab.edge_if.clone());
-    let daemon = lab.spawn(
-        &edge,
-        "rtpedge",
-        &rtpedge_bin(),
-        &[
-            "--ng",
-            NG,
-            "--media-address",
-            &EDGE.to_string(),
+    let edge_addr = EDGE.to_string();
+    let mut args = vec![
+        "--ng",
+        NG,
+        "--media-address",
+        &edge_addr,
+        "--ports",
+        &ports,
+        "--interface",
+        &edge_if,
+        "--pin-root",
+        &pin_root,
+        "--cdr-db",
+        &cdr,
+        "--workers",
+        "2",
+    ];
+    // What the fast path needs of the lab, as a real edge would have it from its NIC and the
+    // wire: veth delivers XDP_TX frames only to a peer running native XDP (the switch port
+    // gets ours, on ports nothing uses), and the phones' packets carry complete UDP checksums
+    // (no TX checksum offload: a wire never carries partial ones).
+    let _switch_pins = fast_path.then(|| {
+        args.push("--fast-path");
+        let pins = rtpedge_tests::PinRootGuard::new();
+        EbpfCli::new(&pins.0).with_netns(&lab.sw).ok(&[
+            "load",
+            "--iface",
+            &format!("{edge_if}s"),
+            "--mode",
+            "native",
+            "--no-egress",
             "--ports",
-            &ports,
-            "--interface",
-            &edge_if,
-            "--pin-root",
-            &pin_root,
-            "--cdr-db",
-            &cdr,
-            "--workers",
-            "2",
-        ],
-    );
+            "60000-60001",
+        ]);
+        for (ns, dev) in [(&lab.caller, &lab.caller_if), (&lab.callee, &lab.callee_if)] {
+            let out =
+                run(Command::new("ip")
+                    .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]));
+            assert!(out.success(), "{out}");
+        }
+        pins
+    });
+    let daemon = lab.spawn(&edge, "rtpedge", &rtpedge_bin(), &args);
     let ng = in_netns(&edge, || NgClient::new(NG))
         .expect("ng client in the edge namespace")
         .with_timeout(Duration::from_millis(200))
@@ -1079,10 +1111,23 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
     }
     eprintln!(
         "after the daemon stopped: {AFTER_BYE} packets to {port_a}; global no_pinhole {} → {np}; \
-         passed over the whole run: {}",
+         passed over the whole run: {}; forwarded by the fast path: {} (fell back to the stack: {})",
         gone_before.get("no_pinhole"),
-        gone_before.get("passed")
+        gone_before.get("passed"),
+        gone_before.get("forwarded"),
+        gone_before.get("forward_fallback")
     );
+    if fast_path {
+        // Each call's first packets go through the bridge; the rest, the kernel's.
+        assert!(
+            gone_before.get("forwarded") * 2 > gone_before.get("passed"),
+            "the fast path forwarded {} of {} passed packets",
+            gone_before.get("forwarded"),
+            gone_before.get("passed")
+        );
+    } else {
+        assert_eq!(gone_before.get("forwarded"), 0, "fast path off by default");
+    }
 
     // (2) What the phones received: RTP from rtpedge's address and range only, none of the
     // test's marker packets, nothing straight from the other phone or the third address.
@@ -1151,7 +1196,7 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
     let mut stmt = db
         .prepare(
             "SELECT call_id, end_reason, answer_at, end_at, duration_ms, packets_ab, packets_ba, \
-             bytes_ab, bytes_ba, dropped_xdp FROM cdrs ORDER BY call_id",
+             bytes_ab, bytes_ba, dropped_xdp, lost_ab + lost_ba FROM cdrs ORDER BY call_id",
         )
         .expect("CDR query");
     type Row = (
@@ -1159,6 +1204,7 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
         Option<String>,
         Option<i64>,
         Option<i64>,
+        i64,
         i64,
         i64,
         i64,
@@ -1179,6 +1225,7 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
                 r.get(7)?,
                 r.get(8)?,
                 r.get(9)?,
+                r.get(10)?,
             ))
         })
         .expect("reading CDRs")
@@ -1193,13 +1240,21 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
             .collect::<Vec<_>>(),
         "one CDR per call sipp placed"
     );
-    for (id, reason, answer_at, end_at, duration, pab, pba, bab, bba, xdp) in &rows {
+    for (id, reason, answer_at, end_at, duration, pab, pba, bab, bba, xdp, lost) in &rows {
         assert_eq!(reason.as_deref(), Some("delete"), "{id}");
         let (Some(answer_at), Some(end_at)) = (answer_at, end_at) else {
             panic!("{id}: answer_at {answer_at:?}, end_at {end_at:?}");
         };
         assert!(end_at >= answer_at && *duration > 0, "{id}: duration");
         assert!(*pab > 0 && *pba > 0, "{id}: packets ab {pab}, ba {pba}");
+        // Every packet of the pcap each way, counted once whichever path carried it.
+        assert_eq!(
+            (*pab as usize, *pba as usize),
+            (pcap_packets, pcap_packets),
+            "{id}: packets ab, ba"
+        );
+        // sipp plays the pcap's unbroken sequence: nothing lost, whichever path counted it.
+        assert_eq!(*lost, 0, "{id}: lost packets");
         assert!(*bab > 0 && *bba > 0, "{id}: bytes ab {bab}, ba {bba}");
         if *id == first {
             assert!(
@@ -1213,7 +1268,7 @@ fn kamailio_and_sipp_calls_through_rtpedge() {
         );
     }
     eprintln!(
-        "{TEST}: {CALLS} calls in {:.1} s",
+        "{test}: {CALLS} calls in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -580,3 +580,251 @@ fn ipv6_pinhole_passes_with_traffic_class_and_drops_wrong_sources() {
     assert_eq!(c.get("wrong_source"), 9);
     assert_eq!(c.get("no_pinhole"), 4);
 }
+
+/// Reads a counter of `/proc/net/snmp`'s `Udp:` (IPv4) or `/proc/net/snmp6` (IPv6) table in
+/// namespace `ns`.
+fn udp_snmp(ns: &str, v6: bool, name: &str) -> u64 {
+    let out = rtpedge_tests::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        ns,
+        "cat",
+        if v6 {
+            "/proc/net/snmp6"
+        } else {
+            "/proc/net/snmp"
+        },
+    ]));
+    assert!(out.success(), "{out}");
+    if v6 {
+        let key = format!("Udp6{name}");
+        for line in out.stdout.lines() {
+            let mut w = line.split_whitespace();
+            if w.next() == Some(key.as_str()) {
+                return w.next().and_then(|v| v.parse().ok()).expect("number");
+            }
+        }
+        panic!("{key} not in /proc/net/snmp6");
+    }
+    let udp: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .collect();
+    assert_eq!(udp.len(), 2, "{}", out.stdout);
+    let names: Vec<&str> = udp[0].split_whitespace().collect();
+    let values: Vec<&str> = udp[1].split_whitespace().collect();
+    let i = names
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_else(|| panic!("{name} not in {names:?}"));
+    values[i].parse().expect("number")
+}
+
+/// A G.711-sized RTP packet (PT 0) of stream `ssrc`, sequence number and timestamp from `seq`.
+fn rtp_payload(ssrc: u32, seq: u64) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&(seq as u16).to_be_bytes());
+    p.extend_from_slice(&((seq as u32) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&numbered_payload(seq)[..160]);
+    p
+}
+
+fn send_rtp(
+    from: &rtpedge_tests::UdpEndpoint,
+    to: SocketAddr,
+    ssrc: u32,
+    seqs: std::ops::Range<u64>,
+) {
+    for seq in seqs {
+        from.send_to(&rtp_payload(ssrc, seq), to);
+    }
+}
+
+/// The in-kernel fast path between two legs, in one address family: caller and callee both
+/// sit in the sender's namespace, the edge (receiving namespace) binds no socket at all, so
+/// every packet that arrives was forwarded by XDP itself.
+fn fast_path_forwards_spliced_legs(
+    test: &str,
+    caller: SocketAddr,
+    callee: SocketAddr,
+    edge_ip: std::net::IpAddr,
+) {
+    let Some(topo) = loaded_topology(test) else {
+        return;
+    };
+    let ebpf = &topo.ebpf;
+    let v6 = caller.is_ipv6();
+    // veth hands XDP_TX frames to its peer's XDP receive ring, which is only serviced when
+    // the peer runs a native XDP program too (a real NIC just transmits them): give it ours,
+    // on a port range that leaves this test's traffic alone.
+    let peer_pins = PinRootGuard::new();
+    let peer = EbpfCli::new(&peer_pins.0).with_netns(&topo.tx_ns);
+    peer.ok(&[
+        "load",
+        "--iface",
+        &topo.tx_if,
+        "--mode",
+        "native",
+        "--no-egress",
+        "--ports",
+        "60000-60001",
+    ]);
+    // Packets from a wire carry complete UDP checksums; veth would hand XDP a partial one
+    // (checksum offload), which no rewrite can complete. Make the sender compute them.
+    let ethtool = rtpedge_tests::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &topo.tx_ns,
+        "ethtool",
+        "-K",
+        &topo.tx_if,
+        "tx",
+        "off",
+    ]));
+    assert!(ethtool.success(), "{ethtool}");
+    let leg_a = SocketAddr::new(edge_ip, 30000);
+    let leg_b = SocketAddr::new(edge_ip, 30002);
+    let caller_sock = topo.tx_socket(caller);
+    let callee_sock = topo.tx_socket(callee);
+    let intruder = topo.tx_socket(SocketAddr::new(callee.ip(), 7777));
+    open_pinhole(ebpf, leg_a, &caller.to_string(), "exact", &["--dscp", "46"]);
+    open_pinhole(ebpf, leg_b, &callee.to_string(), "exact", &["--dscp", "46"]);
+    let (a, b) = (leg_a.to_string(), leg_b.to_string());
+    let (to_caller, to_callee) = (caller.to_string(), callee.to_string());
+    ebpf.ok(&[
+        "pinhole", "forward", "--local", &a, "--via", &b, "--to", &to_callee, "--dscp", "46",
+    ]);
+    ebpf.ok(&[
+        "pinhole", "forward", "--local", &b, "--via", &a, "--to", &to_caller, "--dscp", "46",
+    ]);
+    let csum_errors_before = udp_snmp(&topo.tx_ns, v6, "InCsumErrors");
+
+    // Until the callee has sent something, the way to it is unknown: that first packet goes up
+    // the stack (to the bridge, absent here) and teaches the fast path the next hop.
+    send_rtp(&callee_sock, leg_b, 0xb, 99..100);
+    wait_judged(ebpf, leg_b, 1);
+    assert_eq!(ebpf.counters().get("forward_fallback"), 1);
+
+    const N: u64 = 50;
+    // An injector aiming at leg A from the callee's address but another port: dropped by the
+    // pinhole, never forwarded, never redirects anything.
+    send_rtp(&intruder, leg_a, 0xc, 9000..9010);
+    caller_sock.set_tos(0x01); // ECT(1): ECN must survive the DSCP rewrite
+    send_rtp(&caller_sock, leg_a, 0xa, 0..N);
+    send_rtp(&callee_sock, leg_b, 0xb, 100..100 + N);
+
+    let at_callee = callee_sock.recv_n(N as usize, TIMEOUT);
+    let at_caller = caller_sock.recv_n(N as usize, TIMEOUT);
+    assert_eq!(
+        at_callee.len() as u64,
+        N,
+        "caller → callee: {at_callee:?}; counters {:?}",
+        ebpf.counters()
+    );
+    assert_eq!(at_caller.len() as u64, N, "callee → caller: {at_caller:?}");
+    for (i, d) in at_callee.iter().enumerate() {
+        assert_eq!(d.from, leg_b, "leaves from the callee-facing leg");
+        assert_eq!(
+            d.payload,
+            rtp_payload(0xa, i as u64),
+            "payload untouched, in order"
+        );
+        assert_eq!(d.tos, Some(EF_TOS | 0x01), "EF, ECN kept");
+    }
+    for (i, d) in at_caller.iter().enumerate() {
+        assert_eq!(d.from, leg_a, "leaves from the caller-facing leg");
+        assert_eq!(d.payload, rtp_payload(0xb, 100 + i as u64));
+        assert_eq!(d.tos, Some(EF_TOS));
+    }
+    assert!(intruder.queued().is_empty());
+    assert!(callee_sock.queued().is_empty(), "nothing from the injector");
+    // The receiving kernel verified every UDP checksum the fast path rewrote.
+    assert_eq!(
+        udp_snmp(&topo.tx_ns, v6, "InCsumErrors"),
+        csum_errors_before
+    );
+
+    let c = ebpf.counters();
+    assert_eq!(c.get("forwarded"), 2 * N, "{:?}", c);
+    assert_eq!(c.get("forward_fallback"), 1);
+    assert_eq!(c.get("wrong_source"), 10);
+    let pa = ebpf.pinhole(leg_a);
+    assert_eq!(pa.num("packets"), N);
+    assert_eq!(pa.num("dropped_wrong_source"), 10);
+    assert_eq!(pa.num("tx_packets"), N, "callee → caller left from leg A");
+    assert_eq!(pa.num("forwarded_packets"), N);
+    // The kernel kept the stream's statistics by the bridge's rules: one sequence space,
+    // nothing lost.
+    let rtp = &pa.0["forwarded_rtp"];
+    assert_eq!(rtp["ssrc"], 0xa, "{rtp}");
+    assert_eq!(
+        (rtp["expected"].as_u64(), rtp["lost"].as_i64()),
+        (Some(N), Some(0)),
+        "{rtp}"
+    );
+    assert_eq!(pa.num("forwarded_bytes"), N * frame_len(!v6));
+    assert_eq!(pa.0["forward"]["via"], b.as_str());
+    assert_eq!(pa.0["forward"]["to"], to_callee.as_str());
+    assert_eq!(ebpf.pinhole(leg_b).num("tx_packets"), N);
+
+    // Closing a pinhole (BYE) stops its direction at once, forwarding entry or not.
+    ebpf.ok(&["pinhole", "close", "--local", &a]);
+    send_rtp(&caller_sock, leg_a, 0xa, 1000..1010);
+    wait_judged(ebpf, leg_a, N + 10 + 10);
+    assert!(callee_sock.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(ebpf.pinhole(leg_a).num("dropped_closed"), 10);
+
+    // A sender that leaves its UDP checksum to offload hands XDP a partial one: the fast path
+    // cannot complete it, so such packets go up the stack (where it is completed), never out
+    // with a wrong checksum.
+    let ethtool = rtpedge_tests::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &topo.tx_ns,
+        "ethtool",
+        "-K",
+        &topo.tx_if,
+        "tx",
+        "on",
+    ]));
+    assert!(ethtool.success(), "{ethtool}");
+    let fallback_before = ebpf.counters().get("forward_fallback");
+    send_rtp(&callee_sock, leg_b, 0xb, 150..160);
+    wait_judged(ebpf, leg_b, 1 + N + 10);
+    assert!(caller_sock.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(
+        ebpf.counters().get("forward_fallback"),
+        fallback_before + 10
+    );
+    assert_eq!(ebpf.counters().get("forwarded"), 2 * N);
+
+    // Unforward: media goes up the stack again, where (no bridge here) nothing is listening.
+    ebpf.ok(&["pinhole", "unforward", "--local", &b]);
+    assert!(ebpf.pinhole(leg_b).0["forward"].is_null());
+    send_rtp(&callee_sock, leg_b, 0xb, 2000..2010);
+    wait_judged(ebpf, leg_b, 1 + N + 20);
+    assert!(caller_sock.recv_n(1, Duration::from_millis(300)).is_empty());
+    assert_eq!(ebpf.counters().get("forwarded"), 2 * N);
+}
+
+#[test]
+fn fast_path_forwards_spliced_legs_ipv4() {
+    fast_path_forwards_spliced_legs(
+        "fast_path_ipv4",
+        v4(TX_V4, 5000),
+        v4(TX_V4_OTHER, 6000),
+        RX_V4.into(),
+    );
+}
+
+#[test]
+fn fast_path_forwards_spliced_legs_ipv6() {
+    fast_path_forwards_spliced_legs(
+        "fast_path_ipv6",
+        v6(TX_V6, 5000),
+        v6(TX_V6_OTHER, 6000),
+        RX_V6.into(),
+    );
+}

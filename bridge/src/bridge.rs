@@ -30,7 +30,7 @@ use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket as RawSocket, Type};
 
 use crate::{
-    core::{BridgeEvent, CoreError, LegOptions, LegStats},
+    core::{BridgeEvent, CoreError, Fork, LegOptions, LegStats},
     pool::{PoolError, PortPool},
     types::{LegId, RemoteSpec, SpliceId, SpliceMode},
     worker::{self, Command, LegSockets, StatsCell, WorkerHandle},
@@ -656,6 +656,120 @@ impl Bridge {
         Ok(id)
     }
 
+    /// Dissolves the splices `remove` and splices each group of `add` in one step on the
+    /// worker that holds them, so media never sees a state in between (a two-party call
+    /// becomes multi-party, or a multi-party call splits into subgroups). Legs of the groups
+    /// that are not spliced are moved to that worker first. Returns the new splices' ids, in
+    /// the order of `add`. On error nothing changed.
+    pub fn resplice(
+        &self,
+        remove: &[SpliceId],
+        add: &[(Vec<LegId>, SpliceMode)],
+    ) -> Result<Vec<SpliceId>, BridgeError> {
+        let mut c = self.control();
+        let mut home = None;
+        for id in remove {
+            let w = c
+                .splices
+                .get(id)
+                .ok_or(BridgeError::NoSuchSplice(*id))?
+                .worker;
+            match home {
+                None => home = Some(w),
+                Some(h) if h != w => {
+                    return Err(BridgeError::Config(format!(
+                        "splices {remove:?} live on different workers"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let first = add
+            .iter()
+            .flat_map(|(legs, _)| legs.first())
+            .next()
+            .copied();
+        let home = match (home, first) {
+            (Some(h), _) => h,
+            (None, Some(l)) => c.legs.get(&l).ok_or(BridgeError::NoSuchLeg(l))?.worker,
+            (None, None) => return Ok(Vec::new()),
+        };
+        for leg in add.iter().flat_map(|(legs, _)| legs.iter().copied()) {
+            let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+            if e.worker == home {
+                continue;
+            }
+            // Only unspliced legs can be elsewhere (the removed splices are all on `home`).
+            let from = e.worker;
+            let (detached, sockets) =
+                self.call(from, |reply| Command::Detach { id: leg, reply })?;
+            self.call(home, |reply| Command::Attach {
+                leg: detached,
+                sockets,
+                reply,
+            })?;
+            if let Some(e) = c.legs.get_mut(&leg) {
+                e.worker = home;
+            }
+            c.load[from] = c.load[from].saturating_sub(1);
+            c.load[home] += 1;
+        }
+        let mut ids = Vec::with_capacity(add.len());
+        let mut groups = Vec::with_capacity(add.len());
+        for (legs, mode) in add {
+            let id = SpliceId(c.next_splice);
+            c.next_splice += 1;
+            ids.push(id);
+            groups.push((id, legs.clone(), *mode));
+        }
+        let remove_v = remove.to_vec();
+        self.call(home, |reply| Command::Resplice {
+            remove: remove_v,
+            add: groups,
+            reply,
+        })?;
+        // The handle's view follows the worker's (the call above applied everything).
+        for id in remove {
+            for leg in c.splices.remove(id).map(|s| s.legs).unwrap_or_default() {
+                if let Some(e) = c.legs.get_mut(&leg) {
+                    e.splice = None;
+                    // No snapshot for this leaving: statistics come from the worker.
+                    e.left = None;
+                }
+            }
+        }
+        for (id, (legs, _)) in ids.iter().zip(add) {
+            let mut distinct: Vec<LegId> = Vec::with_capacity(legs.len());
+            for &leg in legs {
+                if !distinct.contains(&leg) {
+                    distinct.push(leg);
+                }
+                if let Some(e) = c.legs.get_mut(&leg) {
+                    e.splice = Some(*id);
+                }
+            }
+            c.splices.insert(
+                *id,
+                SpliceEntry {
+                    worker: home,
+                    legs: distinct,
+                },
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Sends a copy of every packet the leg accepts, unchanged, to a recorder (out of the
+    /// leg's own socket, in the same batch as the forwarded packet), or stops doing so.
+    pub fn set_fork(&self, leg: LegId, fork: Option<Fork>) -> Result<(), BridgeError> {
+        let w = self.worker_of(leg)?;
+        self.call(w, |reply| Command::SetFork {
+            id: leg,
+            fork,
+            reply,
+        })
+    }
+
     /// Dissolves a splice; its legs stay provisioned and can be spliced again. Posted;
     /// [`Bridge::flush`] waits for it. The worker leaves each leg's statistics as of this
     /// moment for [`Bridge::settled_stats`].
@@ -732,6 +846,8 @@ impl Bridge {
                 for l in rest {
                     if let Some(other) = c.legs.get_mut(&l) {
                         other.splice = None;
+                        // No snapshot for this leaving: statistics come from the worker.
+                        other.left = None;
                     }
                 }
             }

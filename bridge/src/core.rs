@@ -133,6 +133,29 @@ pub struct LegCounters {
     pub dropped_no_floor: u64,
     /// Packets that could not be sent (socket errors, full send buffer).
     pub send_errors: u64,
+    /// Copies of accepted packets queued to the leg's recorder fork (also counted in
+    /// `packets_out`/`bytes_out` once sent: they leave through this leg's socket).
+    pub forked: u64,
+}
+
+/// Where a leg's accepted packets are also sent, unchanged (a recorder), out of the socket
+/// they arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fork {
+    /// Destination of RTP (and of RTCP when `rtcp` is None).
+    pub rtp: SocketAddr,
+    /// Destination of RTCP, when the recorder wants it on its own port.
+    pub rtcp: Option<SocketAddr>,
+}
+
+impl Fork {
+    /// Everything to one address (RTP and RTCP muxed).
+    pub fn to(addr: SocketAddr) -> Self {
+        Self {
+            rtp: addr,
+            rtcp: None,
+        }
+    }
 }
 
 /// Statistics of one leg, as reported to the owner.
@@ -181,6 +204,8 @@ struct LegState {
     media_timeout_ns: u64,
     /// Start of the current silence measurement (splice time or last packet).
     armed_at_ns: u64,
+    /// Recorder fork.
+    fork: Option<Fork>,
 }
 
 impl LegState {
@@ -225,6 +250,9 @@ pub enum CoreError {
     /// The leg is not part of the splice.
     #[error("{0} is not in {1}")]
     NotInSplice(LegId, SpliceId),
+    /// A leg named in two groups of one resplice.
+    #[error("{0} is in more than one group")]
+    LegInTwoGroups(LegId),
     /// The splice is not half duplex.
     #[error("{0} is not half duplex")]
     NotHalfDuplex(SpliceId),
@@ -342,6 +370,7 @@ impl Core {
             timeout_reported: false,
             media_timeout_ns: opts.media_timeout.as_nanos().min(u64::MAX as u128) as u64,
             armed_at_ns: now_ns,
+            fork: None,
         })
     }
 
@@ -467,6 +496,68 @@ impl Core {
         };
         self.splice_slab[idx] = Some(SpliceState { slots, floor });
         self.splices.insert(id, idx);
+        Ok(())
+    }
+
+    /// Replaces splices in one step: dissolves `remove` and creates `add` (ids chosen by the
+    /// caller), so no packet ever sees a state in between (a call becomes multi-party, or a
+    /// multi-party call splits into subgroups, without a gap in the media). Everything is
+    /// checked before anything changes: on error the core is as before. A leg of a new group
+    /// must be unspliced or in one of the removed splices.
+    pub fn resplice(
+        &mut self,
+        remove: &[SpliceId],
+        add: &[(SpliceId, Vec<LegId>, SpliceMode)],
+        now_ns: u64,
+    ) -> Result<(), CoreError> {
+        for id in remove {
+            if !self.splices.contains_key(id) {
+                return Err(CoreError::NoSuchSplice(*id));
+            }
+        }
+        let mut seen: Vec<LegId> = Vec::new();
+        for (i, (id, legs, _)) in add.iter().enumerate() {
+            if (self.splices.contains_key(id) && !remove.contains(id))
+                || add[..i].iter().any(|(other, _, _)| other == id)
+            {
+                return Err(CoreError::SpliceExists(*id));
+            }
+            let mut group: Vec<LegId> = Vec::with_capacity(legs.len());
+            for &leg in legs {
+                if group.contains(&leg) {
+                    continue;
+                }
+                let slot = self.slot(leg)?;
+                if let Some(s) = self.legs[slot].as_ref().and_then(|l| l.splice)
+                    && !remove.contains(&s)
+                {
+                    return Err(CoreError::AlreadySpliced(leg, s));
+                }
+                if seen.contains(&leg) {
+                    return Err(CoreError::LegInTwoGroups(leg));
+                }
+                group.push(leg);
+            }
+            if group.len() < 2 {
+                return Err(CoreError::TooFewLegs);
+            }
+            seen.extend(group);
+        }
+        for id in remove {
+            self.unsplice(*id)?;
+        }
+        for (id, legs, mode) in add {
+            self.splice(*id, legs, *mode, now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Sets or clears a leg's recorder fork; takes effect on the next packet.
+    pub fn set_fork(&mut self, id: LegId, fork: Option<Fork>) -> Result<(), CoreError> {
+        let slot = self.slot(id)?;
+        if let Some(l) = self.legs[slot].as_mut() {
+            l.fork = fork;
+        }
         Ok(())
     }
 
@@ -649,6 +740,18 @@ impl Core {
                     dst,
                 });
             }
+        }
+        // The recorder gets the packet as received, out of the socket it arrived on.
+        if let Some(l) = self.legs.get_mut(slot).and_then(Option::as_mut)
+            && let Some(fork) = l.fork
+        {
+            let dst = if is_rtp {
+                fork.rtp
+            } else {
+                fork.rtcp.unwrap_or(fork.rtp)
+            };
+            l.counters.forked += 1;
+            targets.push(Target { slot, socket, dst });
         }
         Outcome::Forward
     }
@@ -1182,5 +1285,202 @@ mod tests {
         assert_eq!(s.rtp_lost, 1);
         assert_eq!(s.remote, Some(sa(A_REMOTE)));
         assert_eq!(s.idle, Some(Duration::from_millis(120)));
+    }
+
+    #[test]
+    fn a_fork_sends_each_accepted_packet_unchanged_out_of_the_receiving_socket() {
+        let mut f = Fixture::new();
+        f.remotes();
+        f.core
+            .splice(SpliceId(1), &[f.a.0, f.b.0], SpliceMode::Full, 0)
+            .unwrap();
+        let rec = sa("192.0.2.200:9000");
+        let rec_rtcp = sa("192.0.2.200:9001");
+        f.core
+            .set_fork(
+                f.a.0,
+                Some(Fork {
+                    rtp: rec,
+                    rtcp: Some(rec_rtcp),
+                }),
+            )
+            .unwrap();
+        f.core.set_fork(f.b.0, Some(Fork::to(rec))).unwrap();
+        // A's RTP: to B's remote out of B's socket, and to the recorder out of A's own.
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtp(1, 1, 0), MS),
+            Outcome::Forward
+        );
+        assert_eq!(
+            f.out.targets,
+            vec![
+                Target {
+                    slot: f.b.1,
+                    socket: Socket::Rtp,
+                    dst: sa(B_REMOTE)
+                },
+                Target {
+                    slot: f.a.1,
+                    socket: Socket::Rtp,
+                    dst: rec
+                },
+            ]
+        );
+        // RTCP goes to the recorder's RTCP address, out of the RTCP socket it came in on.
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtcp, "192.0.2.1:4001", &rtcp_rr(1), MS),
+            Outcome::Forward
+        );
+        assert_eq!(
+            f.out.targets.last(),
+            Some(&Target {
+                slot: f.a.1,
+                socket: Socket::Rtcp,
+                dst: rec_rtcp
+            })
+        );
+        // B's fork has no RTCP address: its RTCP goes to the one recorder address.
+        assert_eq!(
+            f.send(f.b.1, Socket::Rtcp, "198.51.100.2:5001", &rtcp_rr(2), MS),
+            Outcome::Forward
+        );
+        assert_eq!(f.out.targets.last().map(|t| t.dst), Some(rec));
+        // Dropped packets are not forked.
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtp, "203.0.113.66:4000", &rtp(1, 2, 160), MS),
+            Outcome::Drop(DropReason::WrongSource)
+        );
+        assert!(f.out.targets.is_empty());
+        assert_eq!(f.core.stats(f.a.0, MS).unwrap().counters.forked, 2);
+        // Stopping the fork: the next packet only goes to the peer.
+        f.core.set_fork(f.a.0, None).unwrap();
+        f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtp(1, 3, 320), MS);
+        assert_eq!(f.out.targets.len(), 1);
+        assert!(matches!(
+            f.core.set_fork(LegId(99), None),
+            Err(CoreError::NoSuchLeg(_))
+        ));
+    }
+
+    #[test]
+    fn a_fork_adds_no_allocation_once_the_target_list_has_room() {
+        let mut f = Fixture::new();
+        f.remotes();
+        f.core
+            .splice(SpliceId(1), &[f.a.0, f.b.0], SpliceMode::Full, 0)
+            .unwrap();
+        f.core
+            .set_fork(f.a.0, Some(Fork::to(sa("192.0.2.200:9000"))))
+            .unwrap();
+        f.out.targets = Vec::with_capacity(4);
+        let cap = f.out.targets.capacity();
+        let ptr = f.out.targets.as_ptr();
+        for seq in 1..100u16 {
+            f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtp(1, seq, 0), MS);
+            assert_eq!(f.out.targets.len(), 2);
+        }
+        assert_eq!(f.out.targets.capacity(), cap);
+        assert_eq!(f.out.targets.as_ptr(), ptr, "the same buffer, reused");
+    }
+
+    #[test]
+    fn resplice_turns_a_call_multi_party_and_splits_it_in_one_step() {
+        let mut f = Fixture::new();
+        let c = (
+            LegId(3),
+            f.core.add_leg(LegId(3), opts(false, Duration::ZERO), 0),
+        );
+        f.remotes();
+        f.core
+            .set_remote(c.0, RemoteSpec::exact(sa("203.0.113.9:7000")), 0)
+            .unwrap();
+        f.core
+            .splice(SpliceId(1), &[f.a.0, f.b.0], SpliceMode::Full, 0)
+            .unwrap();
+        // A third party joins: the two-party splice becomes a three-party one.
+        f.core
+            .resplice(
+                &[SpliceId(1)],
+                &[(SpliceId(2), vec![f.a.0, f.b.0, c.0], SpliceMode::Full)],
+                MS,
+            )
+            .unwrap();
+        f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtp(1, 1, 0), MS);
+        let slots: Vec<usize> = f.out.targets.iter().map(|t| t.slot).collect();
+        assert_eq!(slots, vec![f.b.1, c.1]);
+        f.send(c.1, Socket::Rtp, "203.0.113.9:7000", &rtp(3, 1, 0), MS);
+        let slots: Vec<usize> = f.out.targets.iter().map(|t| t.slot).collect();
+        assert_eq!(slots, vec![f.a.1, f.b.1], "the new party is heard by both");
+        // Refusals change nothing.
+        for (remove, add, err) in [
+            (
+                vec![SpliceId(9)],
+                vec![],
+                CoreError::NoSuchSplice(SpliceId(9)),
+            ),
+            (
+                vec![SpliceId(2)],
+                vec![
+                    (SpliceId(3), vec![f.a.0, c.0], SpliceMode::Full),
+                    (SpliceId(4), vec![f.b.0, c.0], SpliceMode::Full),
+                ],
+                CoreError::LegInTwoGroups(c.0),
+            ),
+            (
+                vec![SpliceId(2)],
+                vec![(SpliceId(3), vec![f.a.0, f.a.0], SpliceMode::Full)],
+                CoreError::TooFewLegs,
+            ),
+            (
+                vec![],
+                vec![(SpliceId(3), vec![f.a.0, f.b.0], SpliceMode::Full)],
+                CoreError::AlreadySpliced(f.a.0, SpliceId(2)),
+            ),
+            (
+                vec![SpliceId(2)],
+                vec![
+                    (SpliceId(3), vec![f.a.0, f.b.0], SpliceMode::Full),
+                    (SpliceId(3), vec![c.0, LegId(1)], SpliceMode::Full),
+                ],
+                CoreError::SpliceExists(SpliceId(3)),
+            ),
+        ] {
+            assert_eq!(f.core.resplice(&remove, &add, MS), Err(err));
+            f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtp(1, 2, 0), MS);
+            assert_eq!(f.out.targets.len(), 2, "still three-party");
+        }
+        // Split: A with C, B alone.
+        let d = (
+            LegId(4),
+            f.core.add_leg(LegId(4), opts(false, Duration::ZERO), 0),
+        );
+        f.core
+            .set_remote(d.0, RemoteSpec::exact(sa("203.0.113.10:7000")), 0)
+            .unwrap();
+        f.core
+            .resplice(
+                &[SpliceId(2)],
+                &[
+                    (SpliceId(5), vec![f.a.0, c.0], SpliceMode::Full),
+                    (SpliceId(6), vec![f.b.0, d.0], SpliceMode::Full),
+                ],
+                2 * MS,
+            )
+            .unwrap();
+        f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtp(1, 3, 0), 2 * MS);
+        let slots: Vec<usize> = f.out.targets.iter().map(|t| t.slot).collect();
+        assert_eq!(slots, vec![c.1]);
+        f.send(f.b.1, Socket::Rtp, B_REMOTE, &rtp(2, 1, 0), 2 * MS);
+        let slots: Vec<usize> = f.out.targets.iter().map(|t| t.slot).collect();
+        assert_eq!(slots, vec![d.1]);
+        assert_eq!(
+            f.core.stats(c.0, 0).unwrap().splice,
+            Some(SpliceId(5)),
+            "the old splice is gone"
+        );
+        assert!(matches!(
+            f.core.unsplice(SpliceId(2)),
+            Err(CoreError::NoSuchSplice(_))
+        ));
     }
 }

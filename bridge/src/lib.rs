@@ -22,5 +22,5 @@ pub mod types;
 pub mod worker;
 
 pub use crate::bridge::{Bridge, BridgeConfig, BridgeError, LegInfo, LegRequest};
-pub use crate::core::{BridgeEvent, LegCounters, LegOptions, LegStats};
+pub use crate::core::{BridgeEvent, Fork, LegCounters, LegOptions, LegStats};
 pub use types::{LegId, Policy, RemoteSpec, SpliceId, SpliceMode};

@@ -945,4 +945,48 @@ mod tests {
             "random loop reached too few valid packets: {accepted}"
         );
     }
+
+    #[test]
+    fn the_xdp_fast_path_forwards_exactly_what_the_bridge_accepts_as_rtp() {
+        // The fast path (rtpedge_common::forward) re-implements these checks for the kernel;
+        // on random datagrams both must agree: forwardable iff the bridge parses RTP, with the
+        // same fields; everything else (RTCP included) goes to the bridge.
+        use rtpedge_common::forward::rtp_for_fast_path_in;
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut buf = [0u8; 96];
+        let (mut rtp, mut other) = (0usize, 0usize);
+        for i in 0..300_000 {
+            let len = (rng.next() % 97) as usize;
+            for b in buf.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            if i % 2 == 0 {
+                buf[0] = 0x80 | (buf[0] & 0x3f);
+                buf[1] &= 0x7f;
+                if i % 4 == 0 {
+                    buf[0] &= 0xF3;
+                    buf[14] = 0;
+                    buf[15] &= 0x07;
+                }
+            }
+            let b = &buf[..len];
+            for srtp in [false, true] {
+                let bridge = if srtp { parse_srtp(b) } else { parse(b) };
+                let fast = rtp_for_fast_path_in(b, !srtp);
+                match (bridge, fast) {
+                    (Ok(Packet::Rtp(v)), Some(f)) => {
+                        assert_eq!(
+                            (f.seq, f.timestamp, f.ssrc),
+                            (v.sequence(), v.timestamp(), v.ssrc())
+                        );
+                        rtp += 1;
+                    }
+                    (Ok(Packet::Rtp(_)), None) => panic!("the fast path refuses RTP {b:02x?}"),
+                    (_, Some(_)) => panic!("the fast path forwards what the bridge drops {b:02x?}"),
+                    (_, None) => other += 1,
+                }
+            }
+        }
+        assert!(rtp > 1000 && other > 1000, "{rtp} RTP, {other} others");
+    }
 }

@@ -21,7 +21,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::{
     core::{
-        BridgeEvent, Core, CoreError, DetachedLeg, LegOptions, LegStats, Outcome, Output, Socket,
+        BridgeEvent, Core, CoreError, DetachedLeg, Fork, LegOptions, LegStats, Outcome, Output,
+        Socket,
     },
     sys::{RecvBatch, SendBatch},
     types::{LegId, RemoteSpec, SpliceId, SpliceMode},
@@ -102,6 +103,18 @@ pub enum Command {
     Attach {
         leg: DetachedLeg,
         sockets: Arc<LegSockets>,
+        reply: Reply<()>,
+    },
+    /// Dissolves splices and creates others in one step (multi-party, split).
+    Resplice {
+        remove: Vec<SpliceId>,
+        add: Vec<(SpliceId, Vec<LegId>, SpliceMode)>,
+        reply: Reply<()>,
+    },
+    /// Sets or clears a leg's recorder fork.
+    SetFork {
+        id: LegId,
+        fork: Option<Fork>,
         reply: Reply<()>,
     },
     /// Everything posted before is applied: acknowledge `seq` with the failures of posted
@@ -563,6 +576,14 @@ impl Worker {
                         });
                     }
                     let _ = reply.send(Ok(()));
+                    Ok(())
+                }
+                Command::Resplice { remove, add, reply } => {
+                    let _ = reply.send(self.core.resplice(&remove, &add, now));
+                    Ok(())
+                }
+                Command::SetFork { id, fork, reply } => {
+                    let _ = reply.send(self.core.set_fork(id, fork));
                     Ok(())
                 }
                 Command::Barrier { seq } => {

@@ -15,7 +15,7 @@ use std::{
 use crate::{
     billing::{
         Account, AccountSpec, Ledger, LedgerError, Money, Tariff, TariffSpec,
-        auth::Verifier,
+        auth::{AuthError, NonceCache, TicketClaims, Verifier},
         credit::{CreditConfig, CreditControl, CreditError, CreditEvent, OpenCall},
         embedded,
         fraud::{FraudConfig, FraudGuard, Verdict},
@@ -38,7 +38,12 @@ pub struct ChargingConfig {
     /// Credit decisions come from an external billing system over the event channel
     /// ([`Charging::take_outbox`]) instead of the embedded ledger.
     pub external: bool,
+    /// Verifies the signed tickets of mid-call services (None: services are refused).
+    pub ticket_verifier: Option<Verifier>,
 }
+
+/// Ticket nonces remembered at most (live tickets; expired ones make room).
+const MAX_NONCES: usize = 100_000;
 
 /// What an external billing system must be told (sent over the event channel by the daemon).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +89,20 @@ pub struct Charging {
     ended: HashMap<String, Cdr>,
     external: bool,
     outbox: Vec<BillingOut>,
+    ticket_verifier: Option<Verifier>,
+    nonces: NonceCache,
+    /// Services the authorization token of a call allows (calls set up with a token).
+    allowed: HashMap<String, Vec<String>>,
+    /// External billing: RESERVE requests in flight, by id, and their calls.
+    requests: HashMap<crate::billing::credit::RequestId, String>,
+    /// External billing: what the billing system granted each live call, in total.
+    granted: HashMap<String, Money>,
+    /// External billing: a call's final charge as the billing system confirmed it (CHARGED).
+    confirmed: HashMap<String, Money>,
+    /// Services applied, for the event channel.
+    service_events: Vec<serde_json::Value>,
+    /// Service requests by outcome (`applied`, or the refusal's code) and service.
+    service_counts: std::collections::BTreeMap<(String, &'static str), u64>,
 }
 
 impl Charging {
@@ -96,6 +115,14 @@ impl Charging {
             ended: HashMap::new(),
             external: cfg.external,
             outbox: Vec::new(),
+            ticket_verifier: cfg.ticket_verifier,
+            nonces: NonceCache::new(MAX_NONCES),
+            allowed: HashMap::new(),
+            requests: HashMap::new(),
+            granted: HashMap::new(),
+            confirmed: HashMap::new(),
+            service_events: Vec::new(),
+            service_counts: std::collections::BTreeMap::new(),
             credit: CreditControl::new(cfg.credit)
                 .map_err(|e: CreditError| ChargingError::Config(e.to_string()))?,
             ledger,
@@ -163,7 +190,17 @@ impl Charging {
                     None
                 };
                 let charge = charge.or_else(|| self.charges.remove(&cdr.call_id));
+                // With an external billing system, the charge is what it confirmed (CHARGED),
+                // else what it granted; never the local tariff's estimate.
+                let charge = if self.external {
+                    self.charges.remove(&cdr.call_id);
+                    let granted = self.granted.remove(&cdr.call_id);
+                    self.confirmed.remove(&cdr.call_id).or(granted)
+                } else {
+                    charge
+                };
                 self.refused.remove(&cdr.call_id);
+                self.allowed.remove(&cdr.call_id);
                 if cdr.account.is_none() && charge.is_some() {
                     cdr.account = self.default_account.clone();
                 }
@@ -254,7 +291,10 @@ impl Charging {
             let mut v = Vec::new();
             while let Some(ev) = self.credit.poll_event() {
                 match &ev {
-                    CreditEvent::Reserve(r) => self.outbox.push(BillingOut::Reserve(r.clone())),
+                    CreditEvent::Reserve(r) => {
+                        self.requests.insert(r.request_id, r.call_id.clone());
+                        self.outbox.push(BillingOut::Reserve(r.clone()));
+                    }
                     CreditEvent::Usage(u) => self.outbox.push(BillingOut::Usage(u.clone())),
                     CreditEvent::Cut(_) => {}
                 }
@@ -296,12 +336,40 @@ impl Charging {
         request: crate::billing::credit::RequestId,
         answer: crate::billing::credit::GrantAnswer,
     ) {
-        self.credit.on_grant(now, request, answer);
+        let call = self.requests.remove(&request);
+        let amount = match &answer {
+            crate::billing::credit::GrantAnswer::Granted(g) if g.seconds > 0 => g.amount,
+            _ => Money::ZERO,
+        };
+        if self.credit.on_grant(now, request, answer)
+            && let Some(call) = call
+            && amount > Money::ZERO
+        {
+            *self.granted.entry(call).or_insert(Money::ZERO) += amount;
+        }
         self.serve(now);
+    }
+
+    /// The external billing system confirmed a call's final charge (`CHARGED`). Before the
+    /// call's CDR is closed it becomes its `charge`; after, the CDR is returned re-written
+    /// with it (to store again), as long as the call is not yet released.
+    pub fn external_charged(&mut self, call_id: &str, charge: Money) -> Option<Cdr> {
+        if let Some(cdr) = self.ended.get_mut(call_id) {
+            cdr.charge = Some(charge.0);
+            return Some(cdr.clone());
+        }
+        self.confirmed.insert(call_id.to_string(), charge);
+        None
+    }
+
+    /// What the external billing system has granted a live call so far.
+    pub fn granted(&self, call_id: &str) -> Option<Money> {
+        self.granted.get(call_id).copied()
     }
 
     /// A RESERVE got no answer (the session closed, the request was refused).
     pub fn on_request_failed(&mut self, now: Instant, request: crate::billing::credit::RequestId) {
+        self.requests.remove(&request);
         self.credit.on_request_failed(now, request);
         self.serve(now);
     }
@@ -386,6 +454,89 @@ impl Charging {
         &self.fraud
     }
 
+    /// The account of calls that name none.
+    pub fn default_account(&self) -> Option<&str> {
+        self.default_account.as_deref()
+    }
+
+    /// Whether service tickets can be verified (keys configured).
+    pub fn accepts_tickets(&self) -> bool {
+        self.ticket_verifier.is_some()
+    }
+
+    /// Verifies a service ticket for `call_id` billed to `account` at `now`: signature,
+    /// expiry, call, account, and (calls set up with an authorization token) that the token
+    /// allows the service. Does not consume it (see [`Charging::claim_ticket`]).
+    pub fn verify_ticket(
+        &self,
+        now: Timestamp,
+        call_id: &str,
+        account: &str,
+        ticket: &str,
+    ) -> Result<TicketClaims, AuthError> {
+        let v = self.ticket_verifier.as_ref().ok_or(AuthError::NoKeys)?;
+        let now_unix = u64::try_from(now.unix_ms / 1000).unwrap_or(0);
+        v.verify_ticket(
+            ticket,
+            now_unix,
+            call_id,
+            account,
+            self.allowed.get(call_id).map(Vec::as_slice),
+        )
+    }
+
+    /// Marks a verified ticket used: the same ticket (nonce) is refused until it expires.
+    pub fn claim_ticket(&mut self, now: Timestamp, claims: &TicketClaims) -> Result<(), AuthError> {
+        let now_unix = u64::try_from(now.unix_ms / 1000).unwrap_or(0);
+        self.nonces.check(&claims.nonce, claims.exp, now_unix)
+    }
+
+    /// Makes a claimed ticket usable again (its service could not be applied).
+    pub fn unclaim_ticket(&mut self, claims: &TicketClaims) {
+        self.nonces.forget(&claims.nonce);
+    }
+
+    /// Takes one usage token from `account` for a service inserted into `call_id`; returns
+    /// how many are left.
+    pub fn take_token(&mut self, account: &str, call_id: &str) -> Result<u32, LedgerError> {
+        self.ledger.take_token(account, Some(call_id))
+    }
+
+    /// Records a service applied (its JSON), for the event channel.
+    pub fn push_service_event(&mut self, ev: serde_json::Value) {
+        self.service_events.push(ev);
+    }
+
+    /// Counts a service request: `service` (or `unknown` before the ticket was read) and its
+    /// outcome (`applied`, or the refusal's code).
+    pub fn count_service(&mut self, service: &str, outcome: &'static str) {
+        *self
+            .service_counts
+            .entry((service.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    /// Service requests so far, by (service, outcome).
+    pub fn service_counts(&self) -> impl Iterator<Item = (&(String, &'static str), &u64)> {
+        self.service_counts.iter()
+    }
+
+    /// Services applied since the last call, oldest first.
+    pub fn take_service_events(&mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.service_events)
+    }
+
+    /// Gives back a token taken for a service that could not be applied.
+    pub fn refund_token(&mut self, account: &str) -> Result<u32, LedgerError> {
+        self.ledger.add_tokens(account, 1)
+    }
+
+    /// Adds usage tokens to an account (operator API).
+    pub fn add_tokens(&mut self, id: &str, n: u32) -> Result<Account, ChargingError> {
+        self.ledger.add_tokens(id, n)?;
+        Ok(self.ledger.account(id)?)
+    }
+
     /// What a call has reserved right now (for the live-call view).
     pub fn reserved(&self, call_id: &str, now: Instant) -> Option<Money> {
         self.credit.session(call_id, now).map(|s| s.reserved)
@@ -393,6 +544,16 @@ impl Charging {
 }
 
 impl Admission for Charging {
+    fn insert_service(
+        &mut self,
+        now: Timestamp,
+        engine: &mut dyn crate::engine::service::ServiceTarget,
+        call_id: &str,
+        req: &crate::services::ServiceRequest,
+    ) -> Result<crate::services::ServiceOutcome, crate::services::ServiceError> {
+        crate::services::handle_service(now, engine, self, call_id, req)
+    }
+
     fn admit(
         &mut self,
         now: Timestamp,
@@ -409,6 +570,7 @@ impl Admission for Charging {
                 .verify_token(token, now_unix, account.as_deref(), None)
                 .map_err(|e| format!("authorization: {e}"))?;
             account = Some(claims.account);
+            self.allowed.insert(call_id.to_string(), claims.services);
         }
         let mut flags = Vec::new();
         match self
@@ -433,21 +595,15 @@ mod tests {
     use super::*;
     use crate::{
         billing::{MemoryLedger, Mode},
-        engine::{
-            AnswerRequest, Direction, Engine, EngineConfig, FakeMedia, Flags, MediaDesc,
-            OfferRequest, Timestamp,
-        },
+        engine::{Engine, EngineConfig, FakeMedia, MediaDesc, Timestamp},
+        test_support,
     };
 
+    /// An audio stream that names no codec.
     fn audio(rtp: &str) -> MediaDesc {
         MediaDesc {
-            kind: "audio".into(),
-            protocol: "RTP/AVP".into(),
-            rtp: rtp.parse().unwrap(),
-            rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
             codec: None,
+            ..test_support::audio(rtp)
         }
     }
 
@@ -461,46 +617,17 @@ mod tests {
     impl World {
         /// 60/min (1 per second), 1 s increments, no fee, prepaid, 30 s slices.
         fn new(balance: i64) -> Self {
-            let mut ledger = MemoryLedger::new();
-            let t = Tariff::from_spec(
-                "t1",
-                &TariffSpec {
-                    per_minute: 60,
-                    per_kilobyte: 0,
-                    increment_s: 1,
-                    initial_increment_s: None,
-                    connection_fee: 0,
-                },
-            )
-            .unwrap();
-            ledger.put_tariff(&t).unwrap();
-            ledger
-                .put_account(
-                    "acme",
-                    &AccountSpec {
-                        balance,
-                        tariff: "t1".into(),
-                        mode: Mode::Prepaid,
-                    },
-                )
-                .unwrap();
+            let ledger = test_support::ledger_t1(60, &[("acme", balance, Mode::Prepaid)]);
             let charging = Charging::new(
                 ChargingConfig {
-                    fraud: FraudConfig {
-                        call_rate: None,
-                        ..FraudConfig::default()
-                    },
+                    fraud: test_support::no_call_rate_limit(),
                     ..ChargingConfig::default()
                 },
                 Box::new(ledger),
             )
             .unwrap();
             World {
-                engine: Engine::new(
-                    EngineConfig::default(),
-                    FakeMedia::new("203.0.113.1".parse().unwrap()),
-                    FakeDataplane::new(),
-                ),
+                engine: test_support::fake_engine(EngineConfig::default()),
                 charging,
                 now: Timestamp::now(),
                 cdrs: Vec::new(),
@@ -509,37 +636,16 @@ mod tests {
 
         /// Offers and answers a call billed to `acme`; returns the caller-facing leg.
         fn call(&mut self, id: &str) -> SocketAddr {
-            let flags = Flags {
-                account: Some("acme".into()),
-                ..Flags::default()
-            };
-            self.engine
-                .offer(
-                    self.now,
-                    OfferRequest {
-                        call_id: id.into(),
-                        from_tag: "f".into(),
-                        to_tag: None,
-                        media: vec![audio("192.0.2.10:4000")],
-                        flags,
-                    },
-                )
-                .unwrap();
-            let a = self
-                .engine
-                .answer(
-                    self.now,
-                    AnswerRequest {
-                        call_id: id.into(),
-                        from_tag: "f".into(),
-                        to_tag: "t".into(),
-                        media: vec![audio("198.51.100.20:5000")],
-                        flags: Flags::default(),
-                    },
-                )
-                .unwrap();
+            let (caller_leg, _) = test_support::offer_answer(
+                &mut self.engine,
+                self.now,
+                id,
+                Some("acme"),
+                audio("192.0.2.10:4000"),
+                audio("198.51.100.20:5000"),
+            );
             self.pump();
-            a[0].rtp
+            caller_leg
         }
 
         /// What the daemon's loop does: engine events through charging, cuts into the engine.
@@ -757,6 +863,67 @@ mod tests {
     }
 
     #[test]
+    fn with_external_billing_the_cdr_charge_is_what_the_billing_system_granted_or_charged() {
+        use crate::billing::credit::{GrantAnswer, Granted};
+        let mut w = World::new(1000);
+        w.charging = Charging::new(
+            ChargingConfig {
+                external: true,
+                fraud: test_support::no_call_rate_limit(),
+                ..ChargingConfig::default()
+            },
+            // The account and tariff still come from the ledger; credit does not.
+            Box::new(test_support::ledger_t1(60, &[("acme", 0, Mode::Prepaid)])),
+        )
+        .unwrap();
+        w.charging.set_billing_connected(w.now.mono, true);
+        let grant = |w: &mut World, amount: i64| {
+            let reserve = w
+                .charging
+                .take_outbox()
+                .into_iter()
+                .find_map(|o| match o {
+                    BillingOut::Reserve(r) => Some(r),
+                    BillingOut::Usage(_) => None,
+                })
+                .expect("a RESERVE");
+            w.charging.on_grant(
+                w.now.mono,
+                reserve.request_id,
+                GrantAnswer::Granted(Granted {
+                    seconds: 30,
+                    bytes: 0,
+                    amount: Money(amount),
+                }),
+            );
+        };
+        // c1: granted 7 + 5 (a renewal), used 3 s at the local tariff's 1/s: the CDR says 12.
+        w.call("c1");
+        grant(&mut w, 7);
+        let t = w.charging.poll_timeout().expect("renewal deadline");
+        w.advance_to(t);
+        grant(&mut w, 5);
+        assert_eq!(w.charging.granted("c1"), Some(Money(12)));
+        w.engine.delete(w.now, "c1").unwrap();
+        w.pump();
+        assert_eq!(w.cdrs[0].charge, Some(12), "granted, not the local 1/s");
+        // The billing system's confirmed charge re-writes the closed CDR.
+        let rewritten = w
+            .charging
+            .external_charged("c1", Money(9))
+            .expect("re-written");
+        assert_eq!(rewritten.charge, Some(9));
+        // c2: confirmed before it ends: the CDR carries it from the start.
+        w.call("c2");
+        grant(&mut w, 30);
+        assert_eq!(w.charging.external_charged("c2", Money(4)), None);
+        w.engine.delete(w.now, "c2").unwrap();
+        w.pump();
+        let c2 = w.cdrs.iter().find(|c| c.call_id == "c2").unwrap();
+        assert_eq!(c2.charge, Some(4));
+    }
+
+    #[test]
     fn blocking_an_account_cuts_its_calls_at_once() {
         let mut w = World::new(1000);
         let leg = w.call("c1");
@@ -770,34 +937,14 @@ mod tests {
     #[test]
     fn an_unknown_account_is_not_given_media() {
         let mut w = World::new(1000);
-        let flags = Flags {
-            account: Some("nobody".into()),
-            ..Flags::default()
-        };
-        w.engine
-            .offer(
-                w.now,
-                OfferRequest {
-                    call_id: "c9".into(),
-                    from_tag: "f".into(),
-                    to_tag: None,
-                    media: vec![audio("192.0.2.10:4000")],
-                    flags,
-                },
-            )
-            .unwrap();
-        w.engine
-            .answer(
-                w.now,
-                AnswerRequest {
-                    call_id: "c9".into(),
-                    from_tag: "f".into(),
-                    to_tag: "t".into(),
-                    media: vec![audio("198.51.100.20:5000")],
-                    flags: Flags::default(),
-                },
-            )
-            .unwrap();
+        test_support::offer_answer(
+            &mut w.engine,
+            w.now,
+            "c9",
+            Some("nobody"),
+            audio("192.0.2.10:4000"),
+            audio("198.51.100.20:5000"),
+        );
         w.pump();
         assert_eq!(w.engine.active_calls(), 0);
         assert_eq!(w.cdrs[0].end_reason, Some(EndReason::CreditExhausted));

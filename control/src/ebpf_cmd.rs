@@ -7,8 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use rtpedge_dataplane::{
-    AttachMode, Dataplane as _, Dscp, KernelDataplane, LoadOptions, PinLayout, PinholeInfo,
-    PinholeSpec, RateLimit, parse_port_range, parse_remote,
+    AttachMode, Dataplane as _, Dscp, ForwardSpec, KernelDataplane, LoadOptions, PinLayout,
+    PinholeInfo, PinholeSpec, RateLimit, parse_port_range, parse_remote,
 };
 use serde_json::{Value, json};
 
@@ -102,6 +102,30 @@ enum PinholeCmd {
         local: SocketAddr,
         #[arg(long, default_value_t = 10.0)]
         learn_window: f64,
+    },
+    /// Forward what passes the pinhole in the kernel (XDP_TX), as the bridge would: out from
+    /// VIA (the spliced leg's local address and port) to TO (that leg's remote).
+    Forward {
+        #[arg(long)]
+        local: SocketAddr,
+        #[arg(long)]
+        via: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        /// DSCP of the forwarded packets (0-63; default: keep theirs).
+        #[arg(long)]
+        dscp: Option<u8>,
+        /// RTP clock rate of the media (jitter of what the kernel forwards).
+        #[arg(long, default_value_t = 8000)]
+        clock_rate: u32,
+        /// SRTP: do not check the (encrypted) RTP padding count.
+        #[arg(long)]
+        srtp: bool,
+    },
+    /// Stop forwarding in the kernel: media goes up to the bridge again.
+    Unforward {
+        #[arg(long)]
+        local: SocketAddr,
     },
 }
 
@@ -206,9 +230,19 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<()> {
             }
         }
         EbpfCmd::Pinholes { json } => {
-            let list = open()?.pinholes()?;
+            let dp = open()?;
+            let list = dp.pinholes()?;
             if json {
-                let arr: Vec<Value> = list.iter().map(pinhole_json).collect();
+                let arr = list
+                    .iter()
+                    .map(|p| {
+                        Ok(pinhole_json(
+                            p,
+                            dp.forward(p.local)?,
+                            dp.forwarded_rtp(p.local)?,
+                        ))
+                    })
+                    .collect::<anyhow::Result<Vec<Value>>>()?;
                 println!("{}", serde_json::to_string_pretty(&arr)?);
             } else {
                 println!(
@@ -266,6 +300,29 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<()> {
                     dp.relearn(local, window(learn_window)?)?;
                     println!("relearning {local}");
                 }
+                PinholeCmd::Forward {
+                    local,
+                    via,
+                    to,
+                    dscp,
+                    clock_rate,
+                    srtp,
+                } => {
+                    let spec = ForwardSpec {
+                        via,
+                        to,
+                        dscp: dscp.map(Dscp::new).transpose()?,
+                        clock_rate,
+                        check_padding: !srtp,
+                    };
+                    dp.set_forward(local, Some(spec))
+                        .with_context(|| format!("forwarding pinhole {local}"))?;
+                    println!("forwarding {local} via {via} to {to} in the kernel");
+                }
+                PinholeCmd::Unforward { local } => {
+                    dp.set_forward(local, None)?;
+                    println!("{local}: media goes to the bridge");
+                }
             }
         }
         EbpfCmd::Unload { iface } => {
@@ -285,7 +342,11 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pinhole_json(p: &PinholeInfo) -> Value {
+fn pinhole_json(
+    p: &PinholeInfo,
+    forward: Option<ForwardSpec>,
+    rtp: Option<rtpedge_dataplane::StreamStats>,
+) -> Value {
     json!({
         "local": p.local.to_string(),
         "remote": p.remote_display(),
@@ -301,6 +362,23 @@ fn pinhole_json(p: &PinholeInfo) -> Value {
         "dropped_rate_limited": p.counters.dropped_rate_limited,
         "tx_packets": p.counters.tx_packets,
         "tx_bytes": p.counters.tx_bytes,
+        "forwarded_packets": p.counters.forwarded_packets,
+        "forwarded_bytes": p.counters.forwarded_bytes,
         "idle_ms": p.counters.idle.map(|d| d.as_millis() as u64),
+        "forward": forward.map(|f| json!({
+            "via": f.via.to_string(),
+            "to": f.to.to_string(),
+            "dscp": f.dscp.map(|d| d.value()),
+            "clock_rate": f.clock_rate,
+        })),
+        "forwarded_rtp": rtp.map(|s| json!({
+            "ssrc": s.ssrc(),
+            "expected": s.expected(),
+            "received": s.received(),
+            "lost": s.lost(),
+            "reordered": s.reordered(),
+            "duplicates": s.duplicates(),
+            "jitter_us": s.jitter().as_micros() as u64,
+        })),
     })
 }

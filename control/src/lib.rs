@@ -12,8 +12,12 @@ pub mod billing;
 pub mod channel;
 pub mod charging;
 pub mod daemon;
+pub mod dialog_end;
 pub mod engine;
 pub mod ng;
 pub mod ngserver;
 pub mod sdp;
+pub mod services;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_support;

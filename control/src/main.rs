@@ -119,6 +119,10 @@ struct DaemonArgs {
     /// Run without the XDP data plane (hosts that cannot load eBPF).
     #[arg(long = "no-xdp", id = "daemon_no_xdp", env = "RTPEDGE_NO_XDP")]
     no_xdp: bool,
+    /// Forward answered calls' RTP in the kernel (XDP) once media flows both ways; needs the
+    /// XDP data plane.
+    #[arg(long = "fast-path", id = "daemon_fast_path", env = "RTPEDGE_FAST_PATH")]
+    fast_path: bool,
     /// XDP mode: auto, native or generic.
     #[arg(
         long = "xdp-mode",
@@ -223,6 +227,7 @@ impl DaemonArgs {
             ports: self.ports.clone(),
             interface: self.interface.clone(),
             no_xdp: self.no_xdp.then_some(true),
+            fast_path: self.fast_path.then_some(true),
             xdp_mode: self.xdp_mode.clone(),
             pin_root: self.pin_root.clone(),
             cdr_db: self.cdr_db.clone(),

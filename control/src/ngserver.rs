@@ -36,6 +36,18 @@ pub trait Admission {
         account: Option<&str>,
         token: Option<&str>,
     ) -> Result<Option<String>, String>;
+
+    /// Inserts a service into a running call (ng `service`, an rtpedge extension). Without
+    /// a charging layer there is no one to verify tickets or take tokens: refused.
+    fn insert_service(
+        &mut self,
+        _now: Timestamp,
+        _engine: &mut dyn crate::engine::service::ServiceTarget,
+        _call_id: &str,
+        _req: &crate::services::ServiceRequest,
+    ) -> Result<crate::services::ServiceOutcome, crate::services::ServiceError> {
+        Err(crate::services::ServiceError::NotConfigured)
+    }
 }
 
 /// Admits every call (no fraud guard, no authorization).
@@ -65,6 +77,8 @@ pub struct NgServer {
     counts: std::collections::BTreeMap<(&'static str, String), u64>,
     /// Per family, the address written into SDP instead of the legs' own.
     advertised: Vec<IpAddr>,
+    /// Account of offers that name none, from the SIP From user.
+    account_mapping: Option<crate::billing::mapping::AccountMapping>,
 }
 
 impl NgServer {
@@ -75,7 +89,18 @@ impl NgServer {
             cache: ReplyCache::default(),
             counts: std::collections::BTreeMap::new(),
             advertised,
+            account_mapping: None,
         }
+    }
+
+    /// Attributes offers that name no account (ng `account`, authorization token) by the SIP
+    /// From user (ng `from-uri` / `from-user`).
+    pub fn with_account_mapping(
+        mut self,
+        m: Option<crate::billing::mapping::AccountMapping>,
+    ) -> Self {
+        self.account_mapping = m;
+        self
     }
 
     /// Requests answered so far, by (command, result).
@@ -168,6 +193,25 @@ impl NgServer {
                 Ok(report) => report_reply(&report, now.unix_ms),
                 Err(e) => reply::error(&e.to_string()),
             },
+            Request::Service(s) => {
+                let outcome = json_of(&s.params)
+                    .and_then(|p| crate::services::ServiceRequest::from_json(&p))
+                    .and_then(|req| admission.insert_service(now, engine, &s.call_id, &req));
+                match outcome {
+                    Ok(out) => {
+                        let mut r = reply::ok();
+                        if let serde_json::Value::Object(m) = out.to_json() {
+                            for (k, v) in m {
+                                if let Some(v) = bencode_of(&v) {
+                                    r.insert(k.replace('_', "-"), v);
+                                }
+                            }
+                        }
+                        r
+                    }
+                    Err(e) => reply::error(&e.to_string()).with("error-code", e.code()),
+                }
+            }
             Request::List(l) => {
                 let calls: Vec<Value> = engine
                     .call_ids()
@@ -205,6 +249,16 @@ impl NgServer {
             if flags.account.is_none() {
                 flags.account = admitted;
             }
+        }
+        // Precedence: ng `account` (or the token's) > the From-user mapping > the default
+        // account (applied by charging).
+        if flags.account.is_none()
+            && let Some(m) = &self.account_mapping
+        {
+            flags.account = m.account_for(
+                o.options.from_uri.as_deref(),
+                o.options.from_user.as_deref(),
+            );
         }
         let adverts = engine
             .offer(
@@ -311,6 +365,46 @@ impl NgServer {
 enum Refusal {
     Error(String),
     Engine(EngineError),
+}
+
+/// An ng dictionary as the service layer's JSON: keys in lower case with `-` and spaces as
+/// `_` (`remote-rtcp` → `remote_rtcp`), strings as strings, integers as numbers.
+fn json_of(v: &Value) -> Result<serde_json::Value, crate::services::ServiceError> {
+    let bad = |m: String| crate::services::ServiceError::BadRequest(m);
+    Ok(match v {
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::Bytes(b) => serde_json::Value::String(
+            String::from_utf8(b.clone()).map_err(|_| bad("a value is not UTF-8".into()))?,
+        ),
+        Value::List(items) => {
+            serde_json::Value::Array(items.iter().map(json_of).collect::<Result<Vec<_>, _>>()?)
+        }
+        Value::Dict(pairs) => {
+            let mut m = serde_json::Map::new();
+            for (k, val) in pairs {
+                let key = String::from_utf8_lossy(k)
+                    .to_ascii_lowercase()
+                    .replace(['-', ' '], "_");
+                m.insert(key, json_of(val)?);
+            }
+            serde_json::Value::Object(m)
+        }
+    })
+}
+
+/// A service answer's JSON as ng values (null left out, booleans as `yes`/`no`).
+fn bencode_of(v: &serde_json::Value) -> Option<Value> {
+    Some(match v {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => Value::from(if *b { "yes" } else { "no" }),
+        serde_json::Value::Number(n) => Value::Int(n.as_i64()?),
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(a) => Value::List(a.iter().filter_map(bencode_of).collect()),
+        serde_json::Value::Object(o) => Value::dict(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.replace('_', "-"), bencode_of(v)?))),
+        ),
+    })
 }
 
 fn into_reply(result: Result<Value, Refusal>, supports_load_limit: bool) -> Value {
@@ -585,4 +679,83 @@ fn report_reply(r: &CallReport, now_ms: i64) -> Value {
         .with("SSRC", Value::new_dict())
         .with("tags", tags)
         .with("totals", totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rtpedge_dataplane::FakeDataplane;
+
+    use super::*;
+    use crate::{
+        billing::mapping::AccountMapping,
+        engine::{EngineConfig, FakeMedia},
+    };
+
+    fn offer(call_id: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut v = Value::new_dict()
+            .with("command", "offer")
+            .with("call-id", call_id)
+            .with("from-tag", "ft")
+            .with(
+                "sdp",
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            );
+        for (k, val) in extra {
+            v = v.with(k, *val);
+        }
+        // One cookie per call: the reply cache answers a repeated cookie from the cache.
+        let mut out = format!("{call_id} ").into_bytes();
+        ng::encode(&v, &mut out);
+        out
+    }
+
+    /// ng `account` > the From-user mapping > nothing (the default account, applied later).
+    #[test]
+    fn the_account_comes_from_the_ng_key_else_the_from_user_mapping() {
+        let mapping = AccountMapping::new(
+            "from-user",
+            None,
+            HashMap::from([("alice".to_string(), "acme".to_string())]),
+        )
+        .unwrap();
+        let mut ng = NgServer::new(Vec::new()).with_account_mapping(Some(mapping));
+        let mut engine = Engine::new(
+            EngineConfig::default(),
+            FakeMedia::new("203.0.113.1".parse().unwrap()),
+            FakeDataplane::new(),
+        );
+        let from = "127.0.0.1:9".parse().unwrap();
+        let now = Timestamp::now();
+        for (call, extra, account) in [
+            (
+                "k1",
+                vec![("account", "explicit"), ("from-uri", "sip:alice@x")],
+                Some("explicit"),
+            ),
+            (
+                "k2",
+                vec![("from-uri", "<sip:alice@x>;tag=ft")],
+                Some("acme"),
+            ),
+            ("k3", vec![("from-user", "alice")], Some("acme")),
+            ("k4", vec![("from-uri", "sip:mallory@x")], None),
+            ("k5", vec![], None),
+        ] {
+            let reply = ng
+                .handle(&mut engine, &mut AdmitAll, &offer(call, &extra), from, now)
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&reply).contains("6:result2:ok"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+            assert_eq!(
+                engine.query(call).unwrap().account.as_deref(),
+                account,
+                "{call}"
+            );
+        }
+    }
 }

@@ -5,100 +5,26 @@
 //! before exhaustion lets a call continue. Accounts and tariffs are set through the HTTP API.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::UdpSocket,
     os::fd::AsRawFd,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use rtpedge::ng::{NgClient, Value};
-
-struct Daemon {
-    child: Child,
-    ng: SocketAddr,
-    http: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(ng_port: u16, ports: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("rtpedge-billing-{}-{ng_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", ng_port + 10000).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
-            .args([
-                "--ng",
-                &ng.to_string(),
-                "--http",
-                &http.to_string(),
-                "--ports",
-                ports,
-            ])
-            .args(["--no-xdp", "--workers", "1", "--delete-delay", "1"])
-            .args(["--ws", &format!("127.0.0.1:{}", ng_port + 20000)])
-            .arg("--cdr-db")
-            .arg(dir.join("cdr.sqlite"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rtpedge");
-        let d = Daemon {
-            child,
-            ng,
-            http,
-            dir,
-        };
-        let c = NgClient::new(ng)
-            .unwrap()
-            .with_timeout(Duration::from_millis(300));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.ping().is_err() {
-            assert!(Instant::now() < deadline, "daemon did not answer ping");
-        }
-        d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A minimal HTTP/1.1 request: status and body.
 #[path = "support/http.rs"]
 mod http_client;
 use http_client::http;
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{Daemon, media_port, rtp_silence};
 
-fn sdp(port: u16) -> Vec<u8> {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
-    )
-    .into_bytes()
-}
-
-fn media_port(sdp: &[u8]) -> u16 {
-    String::from_utf8_lossy(sdp)
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .expect("m= port")
+fn start(ng_port: u16, ports: &str) -> Daemon {
+    Daemon::builder("billing", ng_port, ports)
+        .args(["--delete-delay", "1"])
+        .start()
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend(seq.to_be_bytes());
-    p.extend((seq as u32 * 160).to_be_bytes());
-    p.extend(0x3333u32.to_be_bytes());
-    p.extend([0xd5; 160]);
-    p
+    rtp_silence(0x3333, seq)
 }
 
 fn unix_now() -> Duration {
@@ -152,47 +78,16 @@ fn kernel_arrivals(sock: &UdpSocket, quiet: Duration) -> Vec<Duration> {
     }
 }
 
-fn setup_account(d: &Daemon, balance: i64) {
-    let (s, b) = http(
-        d.http,
-        "PUT",
-        "/v1/tariffs/per-second",
-        r#"{"per_minute": 60, "per_kilobyte": 0, "increment_s": 1, "connection_fee": 0}"#,
-    );
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = http(
-        d.http,
-        "PUT",
-        "/v1/accounts/acme",
-        &format!(r#"{{"balance": {balance}, "tariff": "per-second", "mode": "prepaid"}}"#),
-    );
-    assert_eq!(s, 200, "{b}");
-}
-
 /// Offers and answers a call billed to `acme`; returns (caller, callee, port to send to the
 /// callee through rtpedge, wall time just after the answer was acknowledged).
 fn answered_call(d: &Daemon, call_id: &str) -> (UdpSocket, UdpSocket, u16, Duration) {
-    let ng = NgClient::new(d.ng)
-        .unwrap()
-        .with_timeout(Duration::from_millis(500));
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
-    ng.offer(
+    let (_, answer) = d.billed_call(
         call_id,
-        "a",
-        &sdp(caller.local_addr().unwrap().port()),
-        &[("account", Value::from("acme"))],
-    )
-    .unwrap();
-    let answer = ng
-        .answer(
-            call_id,
-            "a",
-            "b",
-            &sdp(callee.local_addr().unwrap().port()),
-            &[],
-        )
-        .unwrap();
+        caller.local_addr().unwrap().port(),
+        callee.local_addr().unwrap().port(),
+    );
     let answered = unix_now();
     let to_caller_leg = media_port(answer.get_bytes("sdp").unwrap());
     (caller, callee, to_caller_leg, answered)
@@ -209,23 +104,10 @@ fn stream(caller: &UdpSocket, port: u16, for_: Duration) {
     }
 }
 
-fn cdr(d: &Daemon, call_id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (s, body) = http(d.http, "GET", &format!("/v1/cdrs?call_id={call_id}"), "");
-        assert_eq!(s, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if !v[0]["end_reason"].is_null() || Instant::now() > deadline {
-            return v[0].clone();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn media_stops_when_prepaid_credit_runs_out() {
-    let d = Daemon::start(22270, "48000-48999");
-    setup_account(&d, 3); // 3 seconds at 1 unit per second
+    let d = start(22270, "48000-48999");
+    d.prepaid_acme("per-second", 3); // 3 seconds at 1 unit per second
     let (caller, callee, port, answered) = answered_call(&d, "prepaid-1");
     let receiver = std::thread::spawn(move || kernel_arrivals(&callee, Duration::from_millis(800)));
     stream(&caller, port, Duration::from_secs(4));
@@ -246,7 +128,7 @@ fn media_stops_when_prepaid_credit_runs_out() {
         last >= answered + Duration::from_millis(2800),
         "media flowed until (nearly) the end of the credit, not stopped early"
     );
-    let c = cdr(&d, "prepaid-1");
+    let c = d.cdr("prepaid-1");
     assert_eq!(c["end_reason"], "credit-exhausted", "{c}");
     assert_eq!(c["charge"], 3, "{c}");
     assert_eq!(c["account"], "acme", "{c}");
@@ -261,8 +143,8 @@ fn media_stops_when_prepaid_credit_runs_out() {
 
 #[test]
 fn a_top_up_before_exhaustion_lets_the_call_continue() {
-    let d = Daemon::start(22271, "49000-49999");
-    setup_account(&d, 3);
+    let d = start(22271, "49000-49999");
+    d.prepaid_acme("per-second", 3);
     let (caller, callee, port, answered) = answered_call(&d, "prepaid-2");
     // Media from the answer on (a late first packet would miss the NAT learning window).
     let receiver = std::thread::spawn(move || kernel_arrivals(&callee, Duration::from_millis(800)));
@@ -294,9 +176,8 @@ fn a_top_up_before_exhaustion_lets_the_call_continue() {
         beyond > 100,
         "media kept flowing past the original 3 s of credit: {beyond} packets"
     );
-    let ng = NgClient::new(d.ng).unwrap();
-    ng.delete("prepaid-2", Some("a"), None, &[]).unwrap();
-    let c = cdr(&d, "prepaid-2");
+    d.delete_billed_call("prepaid-2");
+    let c = d.cdr("prepaid-2");
     assert_eq!(c["end_reason"], "delete", "{c}");
     let charge = c["charge"].as_i64().unwrap();
     assert!((4..=6).contains(&charge), "about 5 s of talk charged: {c}");

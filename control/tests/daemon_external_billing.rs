@@ -5,100 +5,26 @@
 //! pushes EXHAUSTED, USAGE reports, `call` events (answered, ended with reason and CDR) for
 //! subscribers, and the CDRs' end reasons.
 
-use std::{
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use rtpedge::{
-    channel::{Body, ChannelClient, ClientConfig, ClientEvent, Frame},
-    ng::{NgClient, Value},
-};
+use rtpedge::channel::{Body, ChannelClient, ClientConfig, ClientEvent, Frame};
 use serde_json::json;
-
-struct Daemon {
-    child: Child,
-    ng: SocketAddr,
-    http: SocketAddr,
-    ws: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start() -> Daemon {
-    let port = 22280u16;
-    let dir = std::env::temp_dir().join(format!("rtpedge-extbill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ng: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", port + 10000).parse().unwrap();
-    let ws: SocketAddr = format!("127.0.0.1:{}", port + 20000).parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
-        .args([
-            "--ng",
-            &ng.to_string(),
-            "--http",
-            &http.to_string(),
-            "--ws",
-            &ws.to_string(),
-        ])
-        .args([
-            "--ports",
-            "50000-50999",
-            "--no-xdp",
-            "--workers",
-            "1",
-            "--billing",
-            "external",
-        ])
-        .arg("--cdr-db")
-        .arg(dir.join("cdr.sqlite"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start rtpedge");
-    let d = Daemon {
-        child,
-        ng,
-        http,
-        ws,
-        dir,
-    };
-    let c = NgClient::new(ng)
-        .unwrap()
-        .with_timeout(Duration::from_millis(300));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.ping().is_err() {
-        assert!(Instant::now() < deadline, "daemon did not answer ping");
-    }
-    d
-}
 
 #[path = "support/http.rs"]
 mod http_client;
 use http_client::http;
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::Daemon;
 
-fn sdp(port: u16) -> Vec<u8> {
-    format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
-        .into_bytes()
+fn start() -> Daemon {
+    Daemon::builder("extbill", 22280, "50000-50999")
+        .args(["--billing", "external"])
+        .start()
 }
 
 fn call(d: &Daemon, id: &str) {
-    let ng = NgClient::new(d.ng)
-        .unwrap()
-        .with_timeout(Duration::from_millis(500));
-    ng.offer(id, "a", &sdp(7000), &[("account", Value::from("acme"))])
-        .unwrap();
-    ng.answer(id, "a", "b", &sdp(7002), &[]).unwrap();
+    d.billed_call(id, 7000, 7002);
 }
 
 /// Events until one matches `want` (within 10 s); the others are kept in `seen`.
@@ -142,19 +68,7 @@ fn metric(d: &Daemon, name: &str) -> Option<u64> {
 #[test]
 fn an_external_billing_system_grants_denies_and_exhausts_credit() {
     let d = start();
-    for (path, body) in [
-        (
-            "/v1/tariffs/ps",
-            r#"{"per_minute": 60, "per_kilobyte": 0, "increment_s": 1, "connection_fee": 0}"#,
-        ),
-        (
-            "/v1/accounts/acme",
-            r#"{"balance": 0, "tariff": "ps", "mode": "prepaid"}"#,
-        ),
-    ] {
-        let (s, b) = http(d.http, "PUT", path, body);
-        assert_eq!(s, 200, "{b}");
-    }
+    d.prepaid_acme("ps", 0);
     assert_eq!(
         metric(&d, "rtpedge_billing_connected"),
         Some(0),
@@ -265,6 +179,28 @@ fn an_external_billing_system_grants_denies_and_exhausts_credit() {
         .await;
         assert_eq!(ended.payload["call_id"], "ext-2");
         assert_eq!(ended.payload["end_reason"], "credit-exhausted");
+        // The CDR's charge is the billing system's, not the local tariff's: what it granted
+        // (30, of which about 0.3 s were used) until it confirms the final charge.
+        assert_eq!(ended.payload["cdr"]["charge"], 30, "{:?}", ended.payload);
+        let charged = billing
+            .request(Body::new(
+                "billing",
+                "CHARGED",
+                json!({"call_id": "ext-2", "charge": 1}),
+            ))
+            .unwrap();
+        let answer = wait_for(&mut billing, &mut seen, |f| f.correlation == Some(charged)).await;
+        assert_eq!(answer.code, None, "{answer:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, cdr) = http(d.http, "GET", "/v1/cdrs?call_id=ext-2", "");
+            let v: serde_json::Value = serde_json::from_str(&cdr).unwrap();
+            if v[0]["charge"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CDR not re-written: {cdr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // An unknown action is refused precisely and the session goes on.
         let bad = billing
             .request(Body::new("billing", "FROBNICATE", json!({})))

@@ -5,94 +5,24 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use rtpedge::ng::{NgClient, Value};
+use rtpedge::ng::Value;
 
-struct Daemon {
-    child: Child,
-    ng: SocketAddr,
-    dir: PathBuf,
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{Daemon, rtp_silence};
+
+fn start(ng_port: u16, ports: &str) -> Daemon {
+    start_with(ng_port, ports, "127.0.0.1")
 }
 
-impl Daemon {
-    fn start(ng_port: u16, ports: &str) -> Self {
-        Self::start_with(ng_port, ports, "127.0.0.1")
-    }
-
-    fn start_with(ng_port: u16, ports: &str, media: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("rtpedge-daemon-{}-{ng_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rtpedge"))
-            .args([
-                "--ng",
-                &ng.to_string(),
-                "--ports",
-                ports,
-                "--no-xdp",
-                "--workers",
-                "1",
-            ])
-            .args(["--media-address", media])
-            .args(["--http", &format!("127.0.0.1:{}", ng_port + 10000)])
-            .args(["--ws", &format!("127.0.0.1:{}", ng_port + 20000)])
-            .arg("--cdr-db")
-            .arg(dir.join("cdr.sqlite"))
-            .args(["--delete-delay", "1", "--media-timeout", "30"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rtpedge");
-        let d = Daemon { child, ng, dir };
-        let client = d.client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.ping().is_err() {
-            assert!(Instant::now() < deadline, "daemon did not answer ping");
-        }
-        d
-    }
-
-    fn http(&self) -> SocketAddr {
-        SocketAddr::new(self.ng.ip(), self.ng.port() + 10000)
-    }
-
-    fn client(&self) -> NgClient {
-        NgClient::new(self.ng)
-            .unwrap()
-            .with_timeout(Duration::from_millis(300))
-    }
-
-    fn cdr_db(&self) -> PathBuf {
-        self.dir.join("cdr.sqlite")
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn start_with(ng_port: u16, ports: &str, media: &str) -> Daemon {
+    Daemon::builder("daemon", ng_port, ports)
+        .args(["--media-address", media])
+        .args(["--delete-delay", "1", "--media-timeout", "30"])
+        .start()
 }
 
 fn sdp(port: u16) -> Vec<u8> {
@@ -121,12 +51,7 @@ fn media_target(sdp: &[u8]) -> SocketAddr {
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend(seq.to_be_bytes());
-    p.extend((seq as u32 * 160).to_be_bytes());
-    p.extend(0x1111u32.to_be_bytes());
-    p.extend([0xd5; 160]);
-    p
+    rtp_silence(0x1111, seq)
 }
 
 fn recv_all(sock: &UdpSocket) -> usize {
@@ -146,7 +71,7 @@ fn bytes_of(v: &Value, key: &str) -> Vec<u8> {
 
 #[test]
 fn call_through_the_daemon_with_cdr() {
-    let mut d = Daemon::start(22230, "41000-41999");
+    let mut d = start(22230, "41000-41999");
     let ng = d.client();
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -204,15 +129,15 @@ fn call_through_the_daemon_with_cdr() {
     assert_eq!(ng.list(None).unwrap(), vec!["call-1".to_string()]);
 
     // The HTTP API sees the live call.
-    let (status, body) = http_get(d.http(), "/v1/calls");
+    let (status, body) = http_get(d.http, "/v1/calls");
     assert_eq!(status, 200, "{body}");
     let calls: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(calls[0]["call_id"], "call-1");
     assert_eq!(calls[0]["state"], "answered");
     assert_eq!(calls[0]["packets"], 40);
-    let (status, body) = http_get(d.http(), "/v1/calls/call-1");
+    let (status, body) = http_get(d.http, "/v1/calls/call-1");
     assert_eq!(status, 200, "{body}");
-    let (status, body) = http_get(d.http(), "/v1/calls/nope");
+    let (status, body) = http_get(d.http, "/v1/calls/nope");
     assert_eq!(status, 404);
     assert!(body.contains("\"error\""), "{body}");
 
@@ -226,7 +151,7 @@ fn call_through_the_daemon_with_cdr() {
     // The CDR through the HTTP API (written by the CDR thread: poll briefly).
     let deadline = Instant::now() + Duration::from_secs(5);
     let cdrs = loop {
-        let (status, body) = http_get(d.http(), "/v1/cdrs?call_id=call-1");
+        let (status, body) = http_get(d.http, "/v1/cdrs?call_id=call-1");
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         if v[0]["end_reason"] == "delete" || Instant::now() > deadline {
@@ -237,9 +162,9 @@ fn call_through_the_daemon_with_cdr() {
     assert_eq!(cdrs.as_array().map(Vec::len), Some(1));
     assert_eq!(cdrs[0]["end_reason"], "delete");
     assert_eq!(cdrs[0]["packets_ab"], 20);
-    let (status, body) = http_get(d.http(), "/v1/cdrs");
+    let (status, body) = http_get(d.http, "/v1/cdrs");
     assert_eq!(status, 400, "call_id is required: {body}");
-    let (status, body) = http_get(d.http(), "/metrics");
+    let (status, body) = http_get(d.http, "/metrics");
     assert_eq!(status, 200);
     assert!(
         body.contains("rtpedge_calls_ended_total{reason=\"delete\"} 1"),
@@ -282,7 +207,7 @@ fn call_through_the_daemon_with_cdr() {
 
 #[test]
 fn bad_requests_get_precise_errors_and_lose_nothing() {
-    let mut d = Daemon::start(22231, "42000-42999");
+    let mut d = start(22231, "42000-42999");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let ask = |datagram: &[u8]| -> String {
@@ -366,7 +291,7 @@ fn media_target_any(sdp: &[u8]) -> SocketAddr {
 
 #[test]
 fn dual_stack_call_from_ipv4_to_ipv6() {
-    let mut d = Daemon::start_with(22232, "43000-43999", "127.0.0.1,::1");
+    let mut d = start_with(22232, "43000-43999", "127.0.0.1,::1");
     let ng = d.client();
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee = UdpSocket::bind("[::1]:0").unwrap();

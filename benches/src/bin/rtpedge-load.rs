@@ -108,6 +108,11 @@ struct Cli {
     /// The relay's process id: report its CPU time per packet (utime + stime from /proc).
     #[arg(long, conflicts_with = "in_process")]
     relay_pid: Option<u32>,
+    /// The CPU the relay is pinned to: report that CPU's busy time per packet instead (the
+    /// relay and whatever kernel work runs there, e.g. threaded NAPI and an XDP fast path that
+    /// no process's time shows).
+    #[arg(long, conflicts_with_all = ["in_process", "relay_pid"])]
+    relay_cpu: Option<usize>,
     /// Pin the generator's threads to this CPU.
     #[arg(long)]
     pin: Option<usize>,
@@ -206,10 +211,22 @@ fn main() -> anyhow::Result<()> {
         cpu::process_seconds(pid)
             .with_context(|| format!("--relay-pid {pid}: cannot read /proc/{pid}/stat"))?;
     }
+    if let Some(c) = cli.relay_cpu {
+        cpu::core_busy_seconds(c).with_context(|| format!("--relay-cpu {c}"))?;
+    }
     if cli.signaling {
         return signaling_main(&cli);
     }
     media_main(&cli)
+}
+
+/// Where the external relay's CPU time is read from.
+fn relay_probe(cli: &Cli) -> RelayCpu {
+    match (cli.relay_pid, cli.relay_cpu) {
+        (Some(pid), _) => RelayCpu::Process(pid),
+        (None, Some(c)) => RelayCpu::Core(c),
+        (None, None) => RelayCpu::None,
+    }
 }
 
 fn signaling_main(cli: &Cli) -> anyhow::Result<()> {
@@ -227,7 +244,7 @@ fn signaling_main(cli: &Cli) -> anyhow::Result<()> {
         pin: cli.pin,
         prefix: format!("sig-{}", run_id()),
     };
-    let probe = cli.relay_pid.map_or(RelayCpu::None, RelayCpu::Process);
+    let probe = relay_probe(cli);
     if !cli.quiet {
         eprintln!(
             "rtpedge-load: signaling against ng {ng}: offer+answer+delete for {:.1} s, {} in flight over {} thread(s)",
@@ -319,10 +336,7 @@ fn media_main(cli: &Cli) -> anyhow::Result<()> {
         let Some(ng) = cli.ng else {
             bail!("give --ng ADDR:PORT or --in-process");
         };
-        (
-            Target::Ng(ng),
-            cli.relay_pid.map_or(RelayCpu::None, RelayCpu::Process),
-        )
+        (Target::Ng(ng), relay_probe(cli))
     };
     if !cli.quiet {
         eprintln!(

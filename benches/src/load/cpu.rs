@@ -89,10 +89,23 @@ pub fn system_busy_seconds() -> io::Result<f64> {
         .ok_or_else(|| io::Error::other("cannot parse /proc/stat"))
 }
 
+/// Busy CPU seconds of one CPU (everything that ran on it: processes, kernel threads such as
+/// threaded NAPI, interrupts, softirqs), from its `cpuN` line of `/proc/stat`.
+pub fn core_busy_seconds(cpu: usize) -> io::Result<f64> {
+    let text = fs::read_to_string("/proc/stat")?;
+    parse_proc_stat_busy_of(&text, &format!("cpu{cpu} "))
+        .map(|t| t as f64 / clk_tck())
+        .ok_or_else(|| io::Error::other(format!("no cpu{cpu} line in /proc/stat")))
+}
+
 /// Busy ticks from the `cpu` line of `/proc/stat` (everything but idle and iowait; guest time
 /// is already part of user time).
 pub fn parse_proc_stat_busy(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    parse_proc_stat_busy_of(text, "cpu ")
+}
+
+fn parse_proc_stat_busy_of(text: &str, prefix: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -132,6 +145,9 @@ pub enum RelayCpu {
     Process(u32),
     /// Threads of this process with this name prefix (the in-process bridge's workers).
     Threads(&'static str),
+    /// Everything that runs on this CPU (a relay pinned there, with the kernel work that was
+    /// steered to it, e.g. threaded NAPI or the XDP fast path).
+    Core(usize),
 }
 
 /// A reading of relay and generator CPU seconds.
@@ -181,6 +197,11 @@ impl RelayCpu {
                 generator: own_seconds().ok(),
                 system,
             },
+            RelayCpu::Core(cpu) => CpuSample {
+                relay: core_busy_seconds(*cpu).ok(),
+                generator: own_seconds().ok(),
+                system,
+            },
             RelayCpu::Threads(prefix) => match own_split_seconds(prefix) {
                 Ok((r, g)) => CpuSample {
                     relay: Some(r),
@@ -217,6 +238,12 @@ mod tests {
             Some(306537 + 1 + 100897 + 2 + 27530 + 498)
         );
         assert_eq!(parse_proc_stat_busy("cpu 1 2 3\n"), None);
+        assert_eq!(
+            parse_proc_stat_busy_of(text, "cpu0 "),
+            Some(1 + 2 + 3 + 6 + 7 + 8)
+        );
+        assert_eq!(parse_proc_stat_busy_of(text, "cpu1 "), None);
+        assert!(core_busy_seconds(0).unwrap() > 0.0);
         assert!(system_busy_seconds().unwrap() > 0.0);
         let a = CpuSample {
             relay: Some(1.0),

@@ -45,6 +45,10 @@ pub enum ApiCall {
     Topup(String, i64),
     /// Block an account (its calls are cut).
     Block(String),
+    /// Add usage tokens to an account.
+    AddTokens(String, u32),
+    /// Insert a service into a running call.
+    Service(String, crate::services::ServiceRequest),
 }
 
 /// The control thread's answer.
@@ -60,6 +64,8 @@ pub enum ApiAnswer {
     Tariff(Result<Tariff, (u16, String)>),
     /// An account, or why not (HTTP status and detail).
     Account(Result<Account, (u16, String)>),
+    /// A service applied (its JSON), or why not (HTTP status, code, detail).
+    Service(Result<Value, (u16, &'static str, String)>),
 }
 
 /// A request as it reaches the control thread, with where to answer.
@@ -76,6 +82,8 @@ pub struct ApiError {
     status: StatusCode,
     error: &'static str,
     detail: String,
+    /// A stable machine-readable code, where the route defines them (services).
+    code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -85,6 +93,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             error: "not found",
             detail: what.into(),
+            code: None,
         }
     }
     /// A `400 bad request`.
@@ -93,6 +102,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             error: "bad request",
             detail: detail.into(),
+            code: None,
         }
     }
     /// A `503`: the daemon could not answer.
@@ -101,17 +111,18 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             error: "unavailable",
             detail: detail.into(),
+            code: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.error, "detail": self.detail })),
-        )
-            .into_response()
+        let mut body = json!({ "error": self.error, "detail": self.detail });
+        if let Some(code) = self.code {
+            body["code"] = json!(code);
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -151,6 +162,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/accounts/{id}/topup", axum::routing::post(topup))
         .route("/v1/accounts/{id}/block", axum::routing::post(block))
+        .route("/v1/accounts/{id}/tokens", axum::routing::post(add_tokens))
+        .route(
+            "/v1/calls/{call_id}/services",
+            axum::routing::post(insert_service),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }
@@ -170,7 +186,10 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: ApiState) -> std
 pub fn call_json(r: &CallReport, reserved: Option<i64>) -> Value {
     let (mut packets, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
     for m in &r.media {
-        for s in [&m.from_a, &m.from_b] {
+        for s in [&m.from_a, &m.from_b]
+            .into_iter()
+            .chain(m.parties.iter().map(|(_, s)| s))
+        {
             packets += s.packets;
             bytes += s.bytes;
             dropped += s.errors;
@@ -200,6 +219,13 @@ pub fn call_json(r: &CallReport, reserved: Option<i64>) -> Value {
             "lost_ab": m.from_a.lost,
             "lost_ba": m.from_b.lost,
             "dropped_xdp": m.from_a.dropped_xdp + m.from_b.dropped_xdp,
+            "parties": m.parties.iter().map(|(name, s)| json!({
+                "party": name,
+                "local": s.local.map(|a| a.to_string()),
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "lost": s.lost,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -287,13 +313,22 @@ fn account_json(a: &Account) -> Value {
 fn refused((status, detail): (u16, String)) -> ApiError {
     ApiError {
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-        error: match status {
-            404 => "not found",
-            409 => "conflict",
-            503 => "unavailable",
-            _ => "bad request",
-        },
+        error: error_name(status),
         detail,
+        code: None,
+    }
+}
+
+fn error_name(status: u16) -> &'static str {
+    match status {
+        401 => "unauthorized",
+        402 => "payment required",
+        403 => "forbidden",
+        404 => "not found",
+        409 => "conflict",
+        500 => "internal error",
+        503 => "unavailable",
+        _ => "bad request",
     }
 }
 
@@ -369,6 +404,51 @@ async fn topup(
 
 async fn block(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     account_answer(&s, ApiCall::Block(id)).await
+}
+
+#[derive(Deserialize)]
+struct Count {
+    count: u32,
+}
+
+async fn add_tokens(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    count: Result<Json<Count>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let c = body(count)?;
+    if c.count == 0 {
+        return Err(ApiError::bad_request("count must be at least 1"));
+    }
+    account_answer(&s, ApiCall::AddTokens(id, c.count)).await
+}
+
+/// `POST /v1/calls/{call_id}/services` `{"ticket": "...", "service": "qos"|"add-party"|
+/// "split"|"fork", ...params}`.
+async fn insert_service(
+    State(s): State<ApiState>,
+    Path(call_id): Path<String>,
+    req: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let v = body(req)?;
+    let req = crate::services::ServiceRequest::from_json(&v).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        error: "bad request",
+        detail: e.to_string(),
+        code: Some(e.code()),
+    })?;
+    match s.ask(ApiCall::Service(call_id, req)).await? {
+        ApiAnswer::Service(Ok(v)) => Ok(Json(v)),
+        ApiAnswer::Service(Err((status, code, detail))) => Err(ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            error: error_name(status),
+            detail,
+            code: Some(code),
+        }),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -504,6 +504,11 @@ impl NonceCache {
         self.seen.insert(nonce.to_string(), exp);
         Ok(())
     }
+
+    /// Forgets a nonce (its ticket was not used after all).
+    pub fn forget(&mut self, nonce: &str) {
+        self.seen.remove(nonce);
+    }
 }
 
 #[cfg(test)]

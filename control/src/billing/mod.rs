@@ -16,6 +16,7 @@
 //!   external billing system and feeds the answers back.
 //! - [`embedded`]: answers credit control's requests from the embedded ledger.
 //! - [`fraud`]: call-rate limiting per client and media-after-BYE detection (sans-IO).
+//! - [`mapping`]: the account of a call from its SIP From user (configurable).
 //! - [`auth`]: signed authorization tokens and service tickets (pure functions of their input
 //!   and the time given).
 //!
@@ -28,6 +29,7 @@ pub mod credit;
 pub mod embedded;
 pub mod fraud;
 pub mod ledger;
+pub mod mapping;
 pub mod money;
 pub mod tariff;
 

@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub interface: Option<String>,
     /// Run without the XDP data plane.
     pub no_xdp: Option<bool>,
+    /// Forward answered calls' RTP in the kernel (XDP fast path).
+    pub fast_path: Option<bool>,
     /// XDP mode: auto, native, generic.
     pub xdp_mode: Option<String>,
     /// bpffs pin root.
@@ -79,6 +81,10 @@ pub struct FileAuth {
     /// creating a call must carry a valid token (ng `auth-token`).
     #[serde(default)]
     pub public_keys: Vec<String>,
+    /// Ed25519 public keys that sign mid-call service tickets (`POST
+    /// /v1/calls/{call_id}/services`). Unset: the `public_keys`; neither: services are refused.
+    #[serde(default)]
+    pub ticket_keys: Vec<String>,
 }
 
 /// `[billing]`.
@@ -95,6 +101,19 @@ pub struct FileBilling {
     /// `embedded` (the ledger in the CDR database, default) or `external` (a billing system
     /// connected to the event channel with role `billing` grants credit).
     pub backend: Option<String>,
+    /// Kamailio `jsonrpcs` over HTTP (`http://HOST:PORT/PATH`): when a call is cut for lack of
+    /// credit, ask Kamailio to end its SIP dialog (`dlg.terminate_dlg`).
+    pub end_dialog_url: Option<String>,
+    /// `from-user`: offers that name no account are billed to the SIP From user (ng
+    /// `from-uri` / `from-user`), reduced by `account_pattern` and translated by
+    /// `account_map`.
+    pub account_from: Option<String>,
+    /// A regular expression applied to the From user: its first capture group (or the whole
+    /// match) is the account key; no match: the default account.
+    pub account_pattern: Option<String>,
+    /// From user (or pattern result) → account; when given, unlisted users get the default.
+    #[serde(default)]
+    pub account_map: std::collections::HashMap<String, String>,
 }
 
 /// `[timeouts]` (seconds).
@@ -150,6 +169,8 @@ pub struct Config {
     pub interface: Option<String>,
     /// No XDP at all.
     pub no_xdp: bool,
+    /// In-kernel forwarding of answered calls (with the XDP data plane only).
+    pub fast_path: bool,
     /// XDP mode.
     pub xdp_mode: String,
     /// Pin root.
@@ -188,6 +209,12 @@ pub struct Config {
     pub fraud: crate::billing::fraud::FraudConfig,
     /// Token verification for call setup (None: not required).
     pub verifier: Option<crate::billing::auth::Verifier>,
+    /// Ticket verification for mid-call services (None: services are refused).
+    pub ticket_verifier: Option<crate::billing::auth::Verifier>,
+    /// Where to ask the SIP proxy to end the dialog of a call cut for lack of credit.
+    pub end_dialog: Option<crate::dialog_end::Endpoint>,
+    /// Account of offers that name none, from the SIP From user.
+    pub account_mapping: Option<crate::billing::mapping::AccountMapping>,
 }
 
 /// A configuration error, naming the setting.
@@ -330,6 +357,7 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
         ports,
         interface: pick(file.interface, over.interface),
         no_xdp: over.no_xdp.or(file.no_xdp).unwrap_or(false),
+        fast_path: over.fast_path.or(file.fast_path).unwrap_or(false),
         xdp_mode,
         pin_root: pick(file.pin_root, over.pin_root)
             .unwrap_or_else(|| rtpedge_dataplane::DEFAULT_PIN_ROOT.into())
@@ -373,6 +401,48 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
                 crate::billing::auth::Verifier::from_key_texts(&file.auth.public_keys)
                     .map_err(|e| bad("auth.public_keys", e.to_string()))?,
             )
+        },
+        account_mapping: match over.billing.account_from.or(file.billing.account_from) {
+            None if file.billing.account_pattern.is_some()
+                || !file.billing.account_map.is_empty() =>
+            {
+                return Err(bad(
+                    "billing.account_from",
+                    "account_pattern / account_map need account_from = \"from-user\"",
+                ));
+            }
+            None => None,
+            Some(src) => Some(
+                crate::billing::mapping::AccountMapping::new(
+                    &src,
+                    over.billing
+                        .account_pattern
+                        .as_deref()
+                        .or(file.billing.account_pattern.as_deref()),
+                    file.billing.account_map.clone(),
+                )
+                .map_err(|e| bad("billing.account_from", e.to_string()))?,
+            ),
+        },
+        end_dialog: over
+            .billing
+            .end_dialog_url
+            .or(file.billing.end_dialog_url)
+            .map(|u| {
+                crate::dialog_end::Endpoint::parse(&u)
+                    .map_err(|e| bad("billing.end_dialog_url", e.to_string()))
+            })
+            .transpose()?,
+        ticket_verifier: match (&file.auth.ticket_keys, &file.auth.public_keys) {
+            (t, _) if !t.is_empty() => Some(
+                crate::billing::auth::Verifier::from_key_texts(t)
+                    .map_err(|e| bad("auth.ticket_keys", e.to_string()))?,
+            ),
+            (_, p) if !p.is_empty() => Some(
+                crate::billing::auth::Verifier::from_key_texts(p)
+                    .map_err(|e| bad("auth.public_keys", e.to_string()))?,
+            ),
+            _ => None,
         },
     })
 }
@@ -544,5 +614,41 @@ mod tests {
             toml::from_str::<FileConfig>("bogus = 1").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn billing_mapping_and_dialog_end_from_the_file() {
+        let file: FileConfig = toml::from_str(
+            "[billing]\naccount_from = \"from-user\"\naccount_pattern = \"^(\\\\w+)\"\n\
+             end_dialog_url = \"http://127.0.0.1:5071/RPC\"\n\
+             [billing.account_map]\nalice = \"acme\"\n",
+        )
+        .unwrap();
+        let c = resolve(file, FileConfig::default()).unwrap();
+        let m = c.account_mapping.expect("mapping");
+        assert_eq!(
+            m.account_for(Some("sip:alice@x"), None),
+            Some("acme".into())
+        );
+        assert_eq!(m.account_for(Some("sip:bob@x"), None), None);
+        assert_eq!(c.end_dialog.unwrap().path, "/RPC");
+        for (text, setting) in [
+            (
+                "[billing]\naccount_from = \"to-user\"\n",
+                "billing.account_from",
+            ),
+            (
+                "[billing]\naccount_pattern = \"x\"\n",
+                "billing.account_from",
+            ),
+            (
+                "[billing]\nend_dialog_url = \"https://k/RPC\"\n",
+                "billing.end_dialog_url",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let e = resolve(file, FileConfig::default()).unwrap_err();
+            assert_eq!(e.setting, setting, "{text}");
+        }
     }
 }

@@ -102,6 +102,21 @@ pub fn render<M: MediaPlane, D: Dataplane>(
                 ),
             ],
         );
+        let services: Vec<(String, u64)> = ch
+            .service_counts()
+            .map(|((service, outcome), n)| {
+                (
+                    format!("{{service=\"{service}\",outcome=\"{outcome}\"}}"),
+                    *n,
+                )
+            })
+            .collect();
+        metric(
+            "rtpedge_service_requests_total",
+            "counter",
+            "Mid-call service requests, by service and outcome (applied, or the refusal's code).",
+            &services,
+        );
     }
     if let Ok(c) = engine.dataplane().counters() {
         let verdicts: Vec<(String, u64)> = c

@@ -41,8 +41,10 @@ use crate::{
         Body, ChannelHub, ChannelServer, HubEvent, Incoming, ServerConfig, SessionId, Target,
     },
     charging::{BillingOut, Charging, ChargingConfig, ChargingError},
+    dialog_end::DialogEnder,
     engine::{Engine, EngineConfig, Timestamp},
     ngserver::NgServer,
+    services::{self, ServiceError, ServiceRequest},
     store::{self, writer::CdrWriter},
 };
 
@@ -50,12 +52,13 @@ pub use self::config::Config;
 
 /// Chooses the data plane: attach to `--interface`, else reuse a data plane an operator loaded
 /// (pinned maps), else run with the bridge's latching as the only enforcement.
-fn dataplane(cfg: &Config) -> anyhow::Result<Box<dyn Dataplane + Send>> {
+/// The boolean says whether it is the kernel's.
+fn dataplane(cfg: &Config) -> anyhow::Result<(Box<dyn Dataplane + Send>, bool)> {
     if cfg.no_xdp {
         tracing::warn!(
             "--no-xdp: the XDP data plane is not used; media is enforced by the userspace bridge only"
         );
-        return Ok(Box::new(memory_dataplane(cfg)));
+        return Ok((Box::new(memory_dataplane(cfg)), false));
     }
     if let Some(iface) = &cfg.interface {
         let report = rtpedge_dataplane::load(&LoadOptions {
@@ -78,12 +81,12 @@ fn dataplane(cfg: &Config) -> anyhow::Result<Box<dyn Dataplane + Send>> {
             already_attached = report.already_attached,
             "XDP data plane ready"
         );
-        return Ok(Box::new(report.dataplane));
+        return Ok((Box::new(report.dataplane), true));
     }
     match KernelDataplane::open_pinned(&PinLayout::new(&cfg.pin_root).maps_dir()) {
         Ok(dp) => {
             tracing::info!(pin_root = %cfg.pin_root.display(), "using the XDP data plane loaded under the pin root");
-            Ok(Box::new(dp))
+            Ok((Box::new(dp), true))
         }
         Err(e) => {
             tracing::warn!(
@@ -91,7 +94,7 @@ fn dataplane(cfg: &Config) -> anyhow::Result<Box<dyn Dataplane + Send>> {
                 "no --interface and no loaded data plane: media is enforced by the userspace \
                  bridge only (give --interface IF to attach XDP, or --no-xdp to silence this)"
             );
-            Ok(Box::new(memory_dataplane(cfg)))
+            Ok((Box::new(memory_dataplane(cfg)), false))
         }
     }
 }
@@ -148,7 +151,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let dp = dataplane(&cfg)?;
+    let (dp, kernel_dataplane) = dataplane(&cfg)?;
+    let fast_path = cfg.fast_path && kernel_dataplane;
+    if cfg.fast_path && !kernel_dataplane {
+        tracing::warn!("--fast-path needs the XDP data plane: media stays in the userspace bridge");
+    } else if fast_path {
+        tracing::info!(
+            "fast path on: answered calls' RTP is forwarded in the kernel once it flows"
+        );
+    }
     let bridge = Arc::new(
         Bridge::start(BridgeConfig {
             addresses: cfg.media_addresses.clone(),
@@ -181,6 +192,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             dscp_audio: cfg.dscp_audio,
             dscp_video: cfg.dscp_video,
             max_calls: cfg.max_calls,
+            fast_path,
         },
         Arc::clone(&bridge),
         dp,
@@ -201,10 +213,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             fraud: cfg.fraud.clone(),
             verifier: cfg.verifier.clone(),
             external: cfg.external_billing,
+            ticket_verifier: cfg.ticket_verifier.clone(),
         },
         ledger,
     )
     .context("billing")?;
+    let ender = match cfg.end_dialog.clone() {
+        Some(ep) => Some(DialogEnder::start(ep).context("starting the dialog-end client")?),
+        None => None,
+    };
     let mut next_usage = Instant::now() + USAGE_EVERY;
     // The event channel: call events for subscribers, and the external billing system.
     let channel = match cfg.ws {
@@ -230,7 +247,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sock =
         UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
     sock.set_nonblocking(true).context("ng socket")?;
-    let mut ng = NgServer::new(cfg.advertised_addresses.clone());
+    let mut ng = NgServer::new(cfg.advertised_addresses.clone())
+        .with_account_mapping(cfg.account_mapping.clone());
     tracing::info!(
         ng = %cfg.ng,
         media = ?cfg.media_addresses,
@@ -310,11 +328,42 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             while let Ok(item) = inbox.try_recv() {
                 match item {
                     wait::Inbox::Api(ApiRequest { call, reply }) => {
-                        let _ = reply.send(answer_api(call, &engine, &mut charging, &ng));
+                        let answer = match call {
+                            ApiCall::Service(call_id, req) => ApiAnswer::Service(
+                                insert_service(
+                                    &mut engine,
+                                    &mut charging,
+                                    hub.as_ref(),
+                                    &call_id,
+                                    &req,
+                                )
+                                .map_err(|e| (e.http_status(), e.code(), e.to_string())),
+                            ),
+                            other => answer_api(other, &engine, &mut charging, &ng, ender.as_ref()),
+                        };
+                        // What a service changed in the bridge is in effect before the answer.
+                        if let Err(e) = bridge.flush() {
+                            tracing::error!(error = %e, "bridge flush");
+                        }
+                        let _ = reply.send(answer);
                     }
                     wait::Inbox::Hub(ev) => {
                         if let Some(hub) = hub.as_ref() {
-                            on_hub_event(ev, hub, &mut charging, &mut pending);
+                            match ev {
+                                HubEvent::Request(inc)
+                                    if inc.body.package == "call"
+                                        && inc.body.action == "SERVICE" =>
+                                {
+                                    service_request(inc, hub, &mut engine, &mut charging, &bridge);
+                                }
+                                HubEvent::Request(inc) if is_charged(&inc) => {
+                                    on_charged(inc, true, hub, &mut charging, &writer);
+                                }
+                                HubEvent::Message(inc) if is_charged(&inc) => {
+                                    on_charged(inc, false, hub, &mut charging, &writer);
+                                }
+                                ev => on_hub_event(ev, hub, &mut charging, &mut pending),
+                            }
                         }
                     }
                     wait::Inbox::Media(ev) => engine.handle_media_event(Timestamp::now(), ev),
@@ -336,14 +385,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     let bytes = r
                         .media
                         .iter()
-                        .map(|m| m.from_a.bytes + m.from_b.bytes)
+                        .map(|m| {
+                            m.from_a.bytes
+                                + m.from_b.bytes
+                                + m.parties.iter().map(|(_, s)| s.bytes).sum::<u64>()
+                        })
                         .sum();
                     charging.on_usage(now.mono, &call, bytes);
                 }
             }
         }
         ng.expire(now);
-        drain(&mut engine, &mut charging, &writer, hub.as_ref());
+        // Services inserted through ng are announced here.
+        publish_services(&mut charging, hub.as_ref());
+        drain(
+            &mut engine,
+            &mut charging,
+            &writer,
+            hub.as_ref(),
+            ender.as_ref(),
+        );
         // Timers, cuts and releases of this round reach the bridge now.
         if let Err(e) = bridge.flush() {
             tracing::error!(error = %e, "bridge flush");
@@ -357,7 +418,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         "shutting down: ending every call"
     );
     engine.shutdown(Timestamp::now());
-    drain(&mut engine, &mut charging, &writer, hub.as_ref());
+    drain(
+        &mut engine,
+        &mut charging,
+        &writer,
+        hub.as_ref(),
+        ender.as_ref(),
+    );
     if let Err(e) = bridge.flush() {
         tracing::error!(error = %e, "bridge flush");
     }
@@ -382,10 +449,19 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
     charging: &mut Charging,
     writer: &CdrWriter,
     hub: Option<&ChannelHub>,
+    ender: Option<&DialogEnder>,
 ) {
     loop {
         while let Some(ev) = engine.poll_event() {
+            let closing = matches!(ev, crate::engine::EngineEvent::CdrClosed(_));
             if let Some(cdr) = charging.on_engine_event(Instant::now(), ev) {
+                // A call cut for lack of credit: its SIP dialog must end too.
+                if closing
+                    && cdr.end_reason == Some(crate::engine::EndReason::CreditExhausted)
+                    && let (Some(ender), Some(to_tag)) = (ender, cdr.to_tag.as_deref())
+                {
+                    ender.end(&cdr.call_id, &cdr.from_tag, to_tag);
+                }
                 // The notification (a JSON CDR) is built only when someone subscribed.
                 if let Some(hub) = hub.filter(|h| h.has_subscribers("call")) {
                     let event = if cdr.end_at.is_some() {
@@ -417,6 +493,100 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
                 tracing::warn!(call, error = %e, "ending a cut call");
             }
         }
+    }
+}
+
+/// Announces the services applied (by any front end) to the channel's `call` subscribers:
+/// `NOTIFY` `{"event": "service", ...the service's answer}`.
+fn publish_services(charging: &mut Charging, hub: Option<&ChannelHub>) {
+    for mut ev in charging.take_service_events() {
+        if let Some(hub) = hub {
+            ev["event"] = serde_json::json!("service");
+            hub.publish(Body::new("call", "NOTIFY", ev));
+        }
+    }
+}
+
+/// Inserts a service into a running call (HTTP API, event channel).
+fn insert_service<M: crate::engine::MediaPlane, D: Dataplane>(
+    engine: &mut Engine<M, D>,
+    charging: &mut Charging,
+    hub: Option<&ChannelHub>,
+    call_id: &str,
+    req: &ServiceRequest,
+) -> Result<serde_json::Value, ServiceError> {
+    let result = services::handle_service(Timestamp::now(), engine, charging, call_id, req);
+    publish_services(charging, hub);
+    match result {
+        Ok(out) => Ok(out.to_json()),
+        Err(e) => {
+            tracing::info!(call = call_id, code = e.code(), error = %e, "service refused");
+            Err(e)
+        }
+    }
+}
+
+/// A `call`/`SERVICE` request on the event channel: the payload is the HTTP route's body plus
+/// `call_id`; answered with the same JSON, or an error frame with the HTTP status as code.
+fn service_request<M: crate::engine::MediaPlane, D: Dataplane>(
+    inc: Incoming,
+    hub: &ChannelHub,
+    engine: &mut Engine<M, D>,
+    charging: &mut Charging,
+    bridge: &Bridge,
+) {
+    let req_ref = inc.request_ref();
+    let p = &inc.body.payload;
+    let result = match p["call_id"].as_str() {
+        None => Err(ServiceError::BadRequest("\"call_id\" is required".into())),
+        Some(call_id) => ServiceRequest::from_json(p)
+            .and_then(|req| insert_service(engine, charging, Some(hub), call_id, &req)),
+    };
+    // What the service changed in the bridge is in effect before the answer.
+    if let Err(e) = bridge.flush() {
+        tracing::error!(error = %e, "bridge flush");
+    }
+    let sent = match result {
+        Ok(v) => hub.respond(&req_ref, Body::new("call", "SERVICE", v)),
+        Err(e) => hub.respond_error(&req_ref, e.http_status(), &format!("{}: {e}", e.code())),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "answering a SERVICE request");
+    }
+}
+
+fn is_charged(inc: &Incoming) -> bool {
+    inc.body.package == "billing" && inc.body.action == "CHARGED"
+}
+
+/// `billing`/`CHARGED` `{"call_id", "charge"}`: the external billing system's final charge of
+/// a call, which becomes the CDR's `charge` (re-written if the CDR is already closed).
+fn on_charged(
+    inc: Incoming,
+    is_request: bool,
+    hub: &ChannelHub,
+    charging: &mut Charging,
+    writer: &CdrWriter,
+) {
+    let p = &inc.body.payload;
+    let result = match (p["call_id"].as_str(), p["charge"].as_i64()) {
+        (Some(call), Some(charge)) if charge >= 0 => {
+            if let Some(cdr) = charging.external_charged(call, Money(charge)) {
+                writer.write(cdr);
+            }
+            Ok(())
+        }
+        _ => Err("CHARGED needs call_id and a non-negative integer charge"),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = e, "bad CHARGED from the billing system");
+    }
+    if is_request {
+        let req = inc.request_ref();
+        let _ = match result {
+            Ok(()) => hub.respond(&req, Body::new("billing", "CHARGED", serde_json::json!({}))),
+            Err(e) => hub.respond_error(&req, 400, e),
+        };
     }
 }
 
@@ -569,6 +739,7 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
     engine: &Engine<M, D>,
     charging: &mut Charging,
     ng: &NgServer,
+    ender: Option<&DialogEnder>,
 ) -> ApiAnswer {
     let now = Instant::now();
     let refusal = |e: ChargingError| -> (u16, String) {
@@ -596,7 +767,13 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
                 .collect(),
         ),
         ApiCall::GetCall(id) => ApiAnswer::Call(engine.query(&id).ok()),
-        ApiCall::Metrics => ApiAnswer::Metrics(metrics::render(engine, ng, Some(charging))),
+        ApiCall::Metrics => {
+            let mut text = metrics::render(engine, ng, Some(charging));
+            if let Some(e) = ender {
+                text.push_str(&e.metrics());
+            }
+            ApiAnswer::Metrics(text)
+        }
         ApiCall::PutTariff(id, spec) => {
             ApiAnswer::Tariff(charging.put_tariff(&id, &spec).map_err(refusal))
         }
@@ -608,5 +785,13 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
             ApiAnswer::Account(charging.topup(now, &id, Money(amount)).map_err(refusal))
         }
         ApiCall::Block(id) => ApiAnswer::Account(charging.block(now, &id).map_err(refusal)),
+        ApiCall::AddTokens(id, n) => {
+            ApiAnswer::Account(charging.add_tokens(&id, n).map_err(refusal))
+        }
+        ApiCall::Service(..) => ApiAnswer::Service(Err((
+            503,
+            "unavailable",
+            "services are handled by the control loop".into(),
+        ))),
     }
 }

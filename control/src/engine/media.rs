@@ -10,8 +10,8 @@ use std::{
 };
 
 use rtpedge_bridge::{
-    Bridge, BridgeError, LegCounters, LegId, LegInfo, LegRequest, LegStats, RemoteSpec, SpliceId,
-    SpliceMode,
+    Bridge, BridgeError, Fork, LegCounters, LegId, LegInfo, LegRequest, LegStats, RemoteSpec,
+    SpliceId, SpliceMode, core::CoreError,
 };
 
 /// Operations the engine needs from the bridge.
@@ -35,6 +35,15 @@ pub trait MediaPlane {
     fn splice(&mut self, legs: &[LegId], mode: SpliceMode) -> Result<SpliceId, BridgeError>;
     /// Dissolves a splice.
     fn unsplice(&mut self, splice: SpliceId) -> Result<(), BridgeError>;
+    /// Dissolves `remove` and splices each group of `add` in one step (no packet sees a state
+    /// in between); returns the new splices in the order of `add`. On error nothing changed.
+    fn resplice(
+        &mut self,
+        remove: &[SpliceId],
+        add: &[(Vec<LegId>, SpliceMode)],
+    ) -> Result<Vec<SpliceId>, BridgeError>;
+    /// Sends a copy of what the leg accepts to a recorder, or stops.
+    fn set_fork(&mut self, leg: LegId, fork: Option<Fork>) -> Result<(), BridgeError>;
     /// Releases a leg (ports go to quarantine).
     fn release(&mut self, leg: LegId) -> Result<(), BridgeError>;
     /// A leg's statistics. For a leg unspliced since it was last spliced, the statistics as
@@ -65,6 +74,16 @@ impl MediaPlane for Arc<Bridge> {
     fn unsplice(&mut self, splice: SpliceId) -> Result<(), BridgeError> {
         Bridge::unsplice(self, splice).map(|_| ())
     }
+    fn resplice(
+        &mut self,
+        remove: &[SpliceId],
+        add: &[(Vec<LegId>, SpliceMode)],
+    ) -> Result<Vec<SpliceId>, BridgeError> {
+        Bridge::resplice(self, remove, add)
+    }
+    fn set_fork(&mut self, leg: LegId, fork: Option<Fork>) -> Result<(), BridgeError> {
+        Bridge::set_fork(self, leg, fork)
+    }
     fn release(&mut self, leg: LegId) -> Result<(), BridgeError> {
         Bridge::release(self, leg)
     }
@@ -89,6 +108,8 @@ pub struct FakeLeg {
     pub media_timeout: Option<Duration>,
     /// Splice.
     pub splice: Option<SpliceId>,
+    /// Recorder fork.
+    pub fork: Option<Fork>,
     /// Counters the test wants the engine to see.
     pub counters: LegCounters,
     /// Time since the last packet, as the test wants the engine to see it.
@@ -191,6 +212,7 @@ impl MediaPlane for FakeMedia {
                 dscp: None,
                 media_timeout: None,
                 splice: None,
+                fork: None,
                 counters: LegCounters::default(),
                 idle: None,
             },
@@ -232,6 +254,51 @@ impl MediaPlane for FakeMedia {
             }
         }
         self.unflushed += 1;
+        Ok(())
+    }
+    fn resplice(
+        &mut self,
+        remove: &[SpliceId],
+        add: &[(Vec<LegId>, SpliceMode)],
+    ) -> Result<Vec<SpliceId>, BridgeError> {
+        // The same checks as the bridge's core, before anything changes.
+        for id in remove {
+            if !self.splices.contains_key(id) {
+                return Err(BridgeError::NoSuchSplice(*id));
+            }
+        }
+        let mut seen: Vec<LegId> = Vec::new();
+        for (legs, _) in add {
+            let mut group: Vec<LegId> = Vec::new();
+            for &l in legs {
+                if group.contains(&l) {
+                    continue;
+                }
+                let leg = self.legs.get(&l).ok_or(BridgeError::NoSuchLeg(l))?;
+                if let Some(s) = leg.splice
+                    && !remove.contains(&s)
+                {
+                    return Err(CoreError::AlreadySpliced(l, s).into());
+                }
+                if seen.contains(&l) {
+                    return Err(CoreError::LegInTwoGroups(l).into());
+                }
+                group.push(l);
+            }
+            if group.len() < 2 {
+                return Err(CoreError::TooFewLegs.into());
+            }
+            seen.extend(group);
+        }
+        for id in remove {
+            self.unsplice(*id)?;
+        }
+        add.iter()
+            .map(|(legs, mode)| self.splice(legs, *mode))
+            .collect()
+    }
+    fn set_fork(&mut self, leg: LegId, fork: Option<Fork>) -> Result<(), BridgeError> {
+        self.leg_mut(leg)?.fork = fork;
         Ok(())
     }
     fn release(&mut self, leg: LegId) -> Result<(), BridgeError> {

@@ -14,8 +14,10 @@
 //! legs are released after the delete delay (so retransmitted requests and late queries still
 //! find the call, and late packets hit a closed pinhole rather than a reused port).
 
+mod fast_path;
 pub mod media;
 pub mod policy;
+pub mod service;
 pub mod types;
 
 use std::{
@@ -26,7 +28,7 @@ use std::{
 };
 
 use rtpedge_bridge::{BridgeError, BridgeEvent, LegId, LegInfo, LegRequest, SpliceId, SpliceMode};
-use rtpedge_dataplane::{Dataplane, DataplaneError, Dscp, PinholeSpec};
+use rtpedge_dataplane::{Dataplane, DataplaneError, Dscp, PinholeSpec, RateLimit};
 
 pub use self::media::{FakeMedia, MediaPlane};
 use self::policy::{dscp_for, enforcement};
@@ -53,6 +55,9 @@ pub struct EngineConfig {
     pub dscp_video: Option<u8>,
     /// New calls are refused (`load limit`) beyond this many.
     pub max_calls: usize,
+    /// Forward answered calls' RTP in the kernel once media flows both ways (the data plane's
+    /// fast path; see `fast_path.rs`). Only meaningful with the kernel data plane attached.
+    pub fast_path: bool,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +72,7 @@ impl Default for EngineConfig {
             dscp_audio: Some(46),
             dscp_video: Some(34),
             max_calls: 100_000,
+            fast_path: false,
         }
     }
 }
@@ -83,6 +89,9 @@ pub enum EngineError {
     /// The call has ended (it is kept for the delete delay).
     #[error("call has ended")]
     CallEnded,
+    /// The call has not been answered yet (no media to change).
+    #[error("call has not been answered yet")]
+    NotAnswered,
     /// Configured limits reached.
     #[error("load limit reached")]
     LoadLimit,
@@ -121,6 +130,8 @@ struct Side {
     remote: Option<MediaDesc>,
     /// Pinholes exist (open or closed) for this leg.
     pinholes: bool,
+    /// Whether this side's media is forwarded in the kernel.
+    fast: fast_path::FastPathState,
 }
 
 #[derive(Clone, Debug)]
@@ -130,9 +141,23 @@ struct Pair {
     codec: Option<String>,
     /// `sides[0]` faces A, `sides[1]` faces B.
     sides: [Side; 2],
-    splice: Option<SpliceId>,
+    /// Parties added during the call (service `add-party`), by name.
+    parties: Vec<(String, Side)>,
+    /// The splices of the pair's legs: one normally; several after a split.
+    splices: Vec<SpliceId>,
     disabled: bool,
     dscp: Option<u8>,
+    /// Rate limit of the pair's pinholes (service `qos-upgrade`).
+    rate: Option<RateLimit>,
+    /// Its legs fork to a recorder (service `fork`): the bridge must see every packet.
+    forked: bool,
+}
+
+impl Pair {
+    /// The sides facing A and B, then the added parties.
+    fn all_sides(&self) -> impl Iterator<Item = &Side> {
+        self.sides.iter().chain(self.parties.iter().map(|(_, s)| s))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +185,10 @@ struct Call {
     final_report: Option<CallReport>,
     /// Packets dropped at the call's closed pinholes when it ended.
     closed_drops_at_end: u64,
+    /// Services inserted, in order (the CDR's `services`).
+    services: Vec<String>,
+    /// Parties added so far (names `p1`, `p2`, ... unless given).
+    parties_added: u32,
 }
 
 impl Call {
@@ -277,7 +306,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         };
         call.pairs
             .iter()
-            .flat_map(|p| p.sides.iter())
+            .flat_map(Pair::all_sides)
             .filter(|s| s.pinholes)
             .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
             .filter_map(|local| self.dp.pinhole(local).ok().flatten())
@@ -336,6 +365,8 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     tos: req.flags.tos,
                     final_report: None,
                     closed_drops_at_end: 0,
+                    services: Vec::new(),
+                    parties_added: 0,
                 },
             );
             self.schedule(now.mono + self.cfg.offer_timeout, &req.call_id);
@@ -442,16 +473,21 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     leg: a,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
                 Side {
                     leg: b,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
             ],
-            splice: None,
+            parties: Vec::new(),
+            splices: Vec::new(),
             disabled: true,
             dscp: None,
+            rate: None,
+            forked: false,
         });
         Ok(())
     }
@@ -509,16 +545,21 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     leg: a,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
                 Side {
                     leg: b,
                     remote: None,
                     pinholes: false,
+                    fast: Default::default(),
                 },
             ],
-            splice: None,
+            parties: Vec::new(),
+            splices: Vec::new(),
             disabled: false,
             dscp,
+            rate: None,
+            forked: false,
         });
         self.legs.insert(a.id, call_id.to_string());
         self.legs.insert(b.id, call_id.to_string());
@@ -549,6 +590,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             )));
         };
         let other_leg = pair.sides[1 - side].leg;
+        if answered && pair.sides.iter().any(|s| s.fast.offloaded) {
+            // The remote may change: the bridge handles media until it flows again.
+            self.clear_fast_path(call_id, i);
+            return self.apply_remote(call_id, i, side, desc);
+        }
         if desc.is_disabled() {
             self.disable_pair(call_id, i);
             return Ok(Advertised {
@@ -574,6 +620,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             .iter()
             .any(|s| s.remote.as_ref().is_some_and(|r| r.direction.is_hold()));
         let dscp = pair.dscp.map(Dscp::new).transpose()?;
+        let rate = pair.rate;
         self.media.set_remote(leg.id, enf.bridge)?;
         let timeout = if hold {
             self.cfg.silent_timeout
@@ -583,7 +630,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         self.media.set_media_timeout(leg.id, timeout)?;
         // Pinholes are created closed at the offer and opened by the answer; a re-offer of an
         // answered call updates them in place, open.
-        for spec in pinhole_specs(&leg, &enf, dscp) {
+        for spec in pinhole_specs(&leg, &enf, dscp, rate) {
             self.dp.open_pinhole(&spec)?;
             if !answered {
                 self.dp.close_pinhole(spec.local)?;
@@ -663,6 +710,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             };
             adverts.push(advert_for_offerer);
             self.activate_pair(&call_id, i)?;
+            // A re-answer of a call whose media already flowed: back to the kernel at once
+            // (a remote that changed is learned again before its packets are forwarded).
+            if self.cfg.fast_path && !first_answer {
+                self.offload_pair(now, &call_id, i);
+            }
         }
         if first_answer {
             if let Some(ft) = self.cfg.final_timeout {
@@ -688,13 +740,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if pair.disabled || pair.sides.iter().any(|s| s.remote.is_none()) {
             return Ok(());
         }
-        if pair.splice.is_none() {
-            let legs = [pair.sides[0].leg.id, pair.sides[1].leg.id];
-            pair.splice = Some(self.media.splice(&legs, SpliceMode::Full)?);
+        if pair.splices.is_empty() {
+            let legs: Vec<LegId> = pair.all_sides().map(|s| s.leg.id).collect();
+            pair.splices = vec![self.media.splice(&legs, SpliceMode::Full)?];
         }
         let locals: Vec<SocketAddr> = pair
-            .sides
-            .iter()
+            .all_sides()
+            .filter(|s| s.pinholes)
             .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
             .collect();
         for local in locals {
@@ -719,6 +771,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     /// Unsplices a pair and closes its pinholes; its legs stay provisioned (re-offer may
     /// enable it again).
     fn disable_pair(&mut self, call_id: &str, i: usize) {
+        self.clear_fast_path(call_id, i);
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -726,17 +779,16 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             return;
         };
         pair.disabled = true;
-        let splice = pair.splice.take();
+        let splices = std::mem::take(&mut pair.splices);
         let locals: Vec<SocketAddr> = pair
-            .sides
-            .iter()
+            .all_sides()
             .filter(|s| s.pinholes)
             .flat_map(|s| std::iter::once(s.leg.rtp).chain(s.leg.rtcp))
             .collect();
-        if let Some(s) = splice
-            && let Err(e) = self.media.unsplice(s)
-        {
-            tracing::warn!(call = call_id, error = %e, "unsplice failed");
+        for s in splices {
+            if let Err(e) = self.media.unsplice(s) {
+                tracing::warn!(call = call_id, error = %e, "unsplice failed");
+            }
         }
         for local in locals {
             if let Err(e) = self.dp.close_pinhole(local) {
@@ -805,22 +857,32 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     }
 
     /// A media event from the bridge. A media timeout ends the call when no leg of it has
-    /// received anything for its timeout.
+    /// received anything for its timeout; first packets may let the fast path take over.
     pub fn handle_media_event(&mut self, now: Timestamp, event: BridgeEvent) {
-        let BridgeEvent::MediaTimeout { leg, .. } = event else {
-            return;
+        let leg = match event {
+            BridgeEvent::FirstPacket { leg, .. } | BridgeEvent::Latched { leg, .. } => {
+                self.fast_path_on_media(now, leg);
+                return;
+            }
+            BridgeEvent::MediaTimeout { leg, .. } => leg,
+            _ => return,
         };
         let Some(call_id) = self.legs.get(&leg).cloned() else {
             return;
         };
-        let Some(call) = self.calls.get(&call_id) else {
-            return;
-        };
+        self.end_if_silent(now, &call_id);
+    }
+
+    /// Ends an answered call whose every leg has been silent for its timeout. Otherwise returns
+    /// how long until it could be (for the engine's own watch over offloaded media).
+    fn end_if_silent(&mut self, now: Timestamp, call_id: &str) -> Option<Duration> {
+        let call = self.calls.get(call_id)?;
         if call.state != State::Answered {
-            return;
+            return None;
         }
         let mut hold = false;
         let mut all_silent = true;
+        let mut next_check: Option<Duration> = None;
         for pair in call.pairs.iter().filter(|p| !p.disabled) {
             let pair_hold = pair
                 .sides
@@ -832,11 +894,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             } else {
                 self.cfg.media_timeout
             };
-            for s in &pair.sides {
-                let idle = self.media.stats(s.leg.id).ok().and_then(|st| st.idle);
+            for s in pair.all_sides() {
                 // Never received: silent since the splice, which the bridge measured.
-                if idle.is_some_and(|d| d < limit) {
+                if let Some(idle) = self.side_idle(s).filter(|d| *d < limit) {
                     all_silent = false;
+                    let left = limit - idle;
+                    next_check = Some(next_check.map_or(left, |n| n.min(left)));
                 }
             }
         }
@@ -846,8 +909,10 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             } else {
                 EndReason::MediaTimeout
             };
-            let _ = self.end_call(now, &call_id, reason);
+            let _ = self.end_call(now, call_id, reason);
+            return None;
         }
+        next_check
     }
 
     /// Timer expiries: offer and final timeouts, releases after the delete delay.
@@ -873,6 +938,12 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     };
                     if due {
                         let _ = self.end_call(now, &call_id, EndReason::FinalTimeout);
+                    } else if self.has_fast_path(&call_id)
+                        && let Some(left) = self.end_if_silent(now, &call_id)
+                    {
+                        // At least 10 ms later, so a clock rounding never spins.
+                        let at = now.mono + left.max(Duration::from_millis(10));
+                        self.schedule(at, &call_id);
                     }
                 }
                 State::Ended if call.release_at.is_some_and(|r| r <= now.mono) => {
@@ -904,10 +975,10 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             });
         }
         for pair in &call.pairs {
-            if let Some(s) = pair.splice {
-                let _ = self.media.unsplice(s);
+            for s in &pair.splices {
+                let _ = self.media.unsplice(*s);
             }
-            for s in &pair.sides {
+            for s in pair.all_sides() {
                 for local in std::iter::once(s.leg.rtp).chain(s.leg.rtcp) {
                     if s.pinholes
                         && let Err(e) = self.dp.remove_pinhole(local)
@@ -945,6 +1016,18 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             r.lost = st.rtp_lost;
             r.jitter = st.jitter;
         }
+        let (fast_packets, fast_bytes) = self.fast_path_forwarded(side);
+        r.packets += fast_packets;
+        r.bytes += fast_bytes;
+        if side.fast.offloaded {
+            r.idle = self.side_idle(side);
+        }
+        if let Some((lost, jitter)) = self.fast_path_rtp(side) {
+            r.lost += lost;
+            if side.fast.offloaded {
+                r.jitter = jitter;
+            }
+        }
         for local in std::iter::once(side.leg.rtp).chain(side.leg.rtcp) {
             if let Ok(Some(p)) = self.dp.pinhole(local) {
                 r.dropped_xdp += p.counters.dropped();
@@ -976,6 +1059,11 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     codec: p.codec.clone(),
                     from_a: self.stream_report(&p.sides[0]),
                     from_b: self.stream_report(&p.sides[1]),
+                    parties: p
+                        .parties
+                        .iter()
+                        .map(|(n, s)| (n.clone(), self.stream_report(s)))
+                        .collect(),
                 })
                 .collect(),
         })
@@ -1005,7 +1093,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             dropped_xdp: 0,
             charge: None,
             flags: Vec::new(),
-            services: Vec::new(),
+            services: call.services.clone(),
         };
         if let (Some(a), Some((e, _))) = (call.answered, call.ended) {
             cdr.duration_ms = (e.unix_ms - a.unix_ms).max(0);
@@ -1032,19 +1120,20 @@ fn pinhole_specs(
     leg: &LegInfo,
     enf: &policy::RemoteEnforcement,
     dscp: Option<Dscp>,
+    rate: Option<RateLimit>,
 ) -> Vec<PinholeSpec> {
     let mut v = vec![PinholeSpec {
         local: leg.rtp,
         remote: enf.rtp_pinhole,
         dscp,
-        rate: None,
+        rate,
     }];
     if let Some(rtcp) = leg.rtcp {
         v.push(PinholeSpec {
             local: rtcp,
             remote: enf.rtcp_pinhole,
             dscp,
-            rate: None,
+            rate,
         });
     }
     v

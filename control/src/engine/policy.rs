@@ -106,17 +106,13 @@ pub fn dscp_for(kind: &str, tos: Option<u8>, audio: Option<u8>, video: Option<u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::types::Direction;
+    use crate::test_support;
 
+    /// An audio stream that names no codec.
     fn desc(rtp: &str) -> MediaDesc {
         MediaDesc {
-            kind: "audio".into(),
-            protocol: "RTP/AVP".into(),
-            rtp: rtp.parse().unwrap(),
-            rtcp: None,
-            rtcp_mux: false,
-            direction: Direction::SendRecv,
             codec: None,
+            ..test_support::audio(rtp)
         }
     }
     const W: Duration = Duration::from_secs(3);

@@ -10,6 +10,7 @@ use std::{
 use rtpedge_dataplane::{Counter, Dataplane, FakeDataplane, PinholeState, Verdict};
 
 use super::*;
+use crate::test_support::{EDGE, audio, fake_engine};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -17,23 +18,10 @@ fn sa(s: &str) -> SocketAddr {
 
 const CALLER: &str = "192.0.2.10:4000";
 const CALLEE: &str = "198.51.100.20:5000";
-const EDGE: &str = "203.0.113.1";
 
 struct T {
     e: Engine<FakeMedia, FakeDataplane>,
     now: Timestamp,
-}
-
-fn audio(rtp: &str) -> MediaDesc {
-    MediaDesc {
-        kind: "audio".into(),
-        protocol: "RTP/AVP".into(),
-        rtp: sa(rtp),
-        rtcp: None,
-        rtcp_mux: false,
-        direction: Direction::SendRecv,
-        codec: Some("PCMU/8000".into()),
-    }
 }
 
 impl T {
@@ -47,11 +35,7 @@ impl T {
             unix_ms: 1_800_000_000_000,
         };
         T {
-            e: Engine::new(
-                cfg,
-                FakeMedia::new(EDGE.parse().unwrap()),
-                FakeDataplane::new(),
-            ),
+            e: fake_engine(cfg),
             now: start,
         }
     }
@@ -674,4 +658,246 @@ fn release_reports_media_that_kept_arriving_after_the_end() {
             packets_after_end: 7
         }]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast path (in-kernel forwarding of answered calls)
+// ---------------------------------------------------------------------------------------------
+
+fn fast() -> T {
+    T::with(EngineConfig {
+        fast_path: true,
+        ..EngineConfig::default()
+    })
+}
+
+impl T {
+    /// `packets` (172-byte payloads) from the remote of the leg bound on `local` passed its
+    /// pinhole and reached the bridge, which said so.
+    fn bridge_heard(&mut self, local: SocketAddr, packets: u64) {
+        let remote = self
+            .e
+            .media()
+            .leg_at(local)
+            .and_then(|l| l.remote)
+            .and_then(|r| r.rtp)
+            .expect("signalled remote");
+        for _ in 0..packets {
+            let v = self.e.dataplane_mut().deliver(remote, local, 214);
+            assert!(matches!(v, Verdict::Pass(_)), "{v:?}");
+        }
+        let leg = {
+            let l = self
+                .e
+                .media_mut()
+                .legs
+                .values_mut()
+                .find(|l| l.info.rtp == local)
+                .expect("leg");
+            l.counters.packets_in = packets;
+            l.counters.bytes_in = packets * 172;
+            l.idle = Some(Duration::ZERO);
+            l.info.id
+        };
+        let from = self.e.media().legs[&leg].remote.and_then(|r| r.rtp);
+        self.e.handle_media_event(
+            self.now,
+            BridgeEvent::FirstPacket {
+                leg,
+                from: from.unwrap_or_else(|| sa("0.0.0.0:0")),
+            },
+        );
+    }
+
+    fn forward(&self, local: SocketAddr) -> Option<rtpedge_dataplane::ForwardSpec> {
+        self.e.dataplane().forward(local).unwrap()
+    }
+}
+
+#[test]
+fn fast_path_is_off_by_default() {
+    let mut t = T::new();
+    let (a_leg, b_leg) = t.call("c1");
+    t.bridge_heard(a_leg, 5);
+    t.bridge_heard(b_leg, 5);
+    assert_eq!(t.forward(a_leg), None);
+    assert_eq!(t.forward(b_leg), None);
+}
+
+#[test]
+fn fast_path_takes_over_once_both_sides_were_heard() {
+    let mut t = fast();
+    let (a_leg, b_leg) = t.call("c1");
+    t.events();
+    // Only the caller has spoken: the way back to the callee is unknown yet.
+    t.bridge_heard(a_leg, 3);
+    assert_eq!(t.forward(a_leg), None);
+    t.bridge_heard(b_leg, 2);
+    let to_callee = t
+        .forward(a_leg)
+        .expect("caller's media forwarded in the kernel");
+    assert_eq!(to_callee.via, b_leg, "leaves from the callee-facing leg");
+    assert_eq!(to_callee.to, sa(CALLEE));
+    assert_eq!(to_callee.dscp.map(|d| d.value()), Some(46));
+    let to_caller = t.forward(b_leg).expect("callee's media too");
+    assert_eq!((to_caller.via, to_caller.to), (a_leg, sa(CALLER)));
+
+    // The kernel forwards from now on; reports add its counts to the bridge's.
+    for _ in 0..100 {
+        assert!(matches!(t.deliver(CALLER, a_leg), Verdict::Pass(_)));
+    }
+    t.advance(Duration::from_secs(10));
+    let report = t.e.delete(t.now, "c1").unwrap();
+    let from_a = &report.media[0].from_a;
+    assert_eq!(from_a.packets, 3 + 100);
+    assert_eq!(from_a.bytes, 3 * 172 + 100 * (214 - 42));
+    // Ending the call takes the media back from the kernel (and closes the pinholes first).
+    assert_eq!(t.forward(a_leg), None);
+    assert_eq!(t.forward(b_leg), None);
+    assert_eq!(t.deliver(CALLER, a_leg), Verdict::Drop(Counter::Closed));
+    let ev = t.events();
+    let [EngineEvent::CdrClosed(cdr)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(cdr.packets_ab, 103);
+}
+
+#[test]
+fn fast_path_media_timeout_watches_the_kernel() {
+    let mut t = fast();
+    let (a_leg, b_leg) = t.call("c1");
+    // Learning pinholes (untrusted SDP) latch the first packets.
+    assert!(matches!(t.deliver(CALLER, a_leg), Verdict::Pass(_)));
+    assert!(matches!(t.deliver(CALLEE, b_leg), Verdict::Pass(_)));
+    t.bridge_heard(a_leg, 1);
+    t.bridge_heard(b_leg, 1);
+    assert!(t.forward(a_leg).is_some());
+    t.events();
+    // The bridge sees nothing any more; the kernel still forwards the caller's media.
+    for l in t.e.media_mut().legs.values_mut() {
+        l.idle = Some(Duration::from_secs(3600));
+    }
+    for _ in 0..3 {
+        t.advance(Duration::from_secs(30));
+        t.deliver(CALLER, a_leg);
+        t.e.handle_timeout(t.now);
+        let ids: Vec<LegId> = t.e.media().legs.keys().copied().collect();
+        t.e.handle_media_event(
+            t.now,
+            BridgeEvent::MediaTimeout {
+                leg: ids[0],
+                idle: None,
+            },
+        );
+        let ev = t.events();
+        assert!(
+            ev.is_empty(),
+            "media flows in the kernel: no timeout: {ev:?}"
+        );
+    }
+    // Silence in the kernel too: the engine's own watch ends the call at the timeout.
+    let deadline = t.now.mono + Duration::from_secs(60);
+    let mut ended = None;
+    while let Some(at) = t.e.poll_timeout() {
+        if at > deadline + Duration::from_secs(1) {
+            break;
+        }
+        let step = at.saturating_duration_since(t.now.mono);
+        t.advance(step);
+        t.e.handle_timeout(t.now);
+        if let Some(EngineEvent::CdrClosed(c)) = t.events().into_iter().next() {
+            ended = Some((c.end_reason, t.now.mono));
+            break;
+        }
+    }
+    let (reason, at) = ended.expect("the call ends on kernel silence");
+    assert_eq!(reason, Some(EndReason::MediaTimeout));
+    assert!(at >= deadline && at <= deadline + Duration::from_millis(20));
+}
+
+#[test]
+fn fast_path_reinvite_returns_to_the_bridge_then_back() {
+    let mut t = fast();
+    let (a_leg, b_leg) = t.call("c1");
+    t.bridge_heard(a_leg, 1);
+    t.bridge_heard(b_leg, 1);
+    for _ in 0..10 {
+        t.deliver(CALLEE, b_leg);
+    }
+    // The callee moves (re-INVITE from the callee with a new address).
+    let moved = "198.51.100.21:5002";
+    t.e.offer(
+        t.now,
+        OfferRequest {
+            call_id: "c1".into(),
+            from_tag: "ttag".into(),
+            to_tag: Some("ftag".into()),
+            media: vec![audio(moved)],
+            flags: Flags::default(),
+        },
+    )
+    .unwrap();
+    assert_eq!(t.forward(a_leg), None, "re-offer: the bridge handles media");
+    assert_eq!(t.forward(b_leg), None);
+    t.answer("c1", "ttag", "ftag", vec![audio(CALLER)]);
+    let to_callee = t.forward(a_leg).expect("back in the kernel");
+    assert_eq!(to_callee.to, sa(moved), "to the new address");
+    let report = t.e.query("c1").unwrap();
+    assert_eq!(
+        report.media[0].from_b.packets,
+        1 + 10,
+        "what was forwarded is kept"
+    );
+}
+
+#[test]
+fn fast_path_never_takes_legs_whose_remote_may_move() {
+    let mut t = fast();
+    let flags = Flags {
+        media_handover: true,
+        ..Flags::default()
+    };
+    let o = t.offer("c1", "ftag", vec![audio(CALLER)], flags);
+    let a = t.answer("c1", "ftag", "ttag", vec![audio(CALLEE)]);
+    let (a_leg, b_leg) = (a[0].rtp, o[0].rtp);
+    t.bridge_heard(a_leg, 1);
+    t.bridge_heard(b_leg, 1);
+    assert_eq!(t.forward(a_leg), None);
+    assert_eq!(t.forward(b_leg), None);
+}
+
+#[test]
+fn fast_path_gives_way_to_a_recorder_fork_and_returns_after_qos() {
+    let mut t = fast();
+    let (a_leg, b_leg) = t.call("c1");
+    t.bridge_heard(a_leg, 1);
+    t.bridge_heard(b_leg, 1);
+    assert!(t.forward(a_leg).is_some());
+    // A QoS upgrade re-marks: the kernel's entries are rewritten with the new DSCP.
+    t.e.handle_service(
+        t.now,
+        "c1",
+        service::ServiceChange::Qos {
+            dscp: 34,
+            rate: None,
+        },
+    )
+    .unwrap();
+    let f = t.forward(a_leg).expect("still in the kernel");
+    assert_eq!(f.dscp.map(|d| d.value()), Some(34));
+    // A recorder fork needs every packet in the bridge: the call leaves the fast path for good.
+    t.e.handle_service(
+        t.now,
+        "c1",
+        service::ServiceChange::Fork {
+            recorder: sa("192.0.2.200:9000"),
+            recorder_rtcp: None,
+            media: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.forward(a_leg), None);
+    assert_eq!(t.forward(b_leg), None);
+    t.bridge_heard(a_leg, 2);
+    assert_eq!(t.forward(a_leg), None);
 }

@@ -250,6 +250,8 @@ pub struct MediaReport {
     pub from_a: StreamReport,
     /// What side B sent; received on the B-facing leg.
     pub from_b: StreamReport,
+    /// What each party added during the call (service `add-party`) sent, by name.
+    pub parties: Vec<(String, StreamReport)>,
 }
 
 /// A call in a report (`query`, `delete` replies, the operator API).

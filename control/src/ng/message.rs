@@ -35,6 +35,8 @@ pub enum Command {
     Delete,
     Query,
     List,
+    /// rtpedge extension: insert a service into a running call (signed ticket).
+    Service,
 }
 
 impl Command {
@@ -47,6 +49,7 @@ impl Command {
             Command::Delete => "delete",
             Command::Query => "query",
             Command::List => "list",
+            Command::Service => "service",
         }
     }
 
@@ -60,6 +63,7 @@ impl Command {
             b"delete" => CommandLookup::Served(Command::Delete),
             b"query" => CommandLookup::Served(Command::Query),
             b"list" => CommandLookup::Served(Command::List),
+            b"service" => CommandLookup::Served(Command::Service),
             _ => match UNSUPPORTED_COMMANDS.iter().find(|c| c.as_bytes() == name) {
                 Some(c) => CommandLookup::Unsupported(c),
                 None => CommandLookup::Unknown,
@@ -196,6 +200,17 @@ pub enum Request {
     Delete(Delete),
     Query(Query),
     List(List),
+    Service(ServiceCommand),
+}
+
+/// `service` (rtpedge extension): `call-id`, and everything else as the service request's
+/// keys (`ticket`, `service`, its parameters), untyped: the service layer reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCommand {
+    /// `call-id`.
+    pub call_id: String,
+    /// The other keys of the request (a dictionary, without `command` and `call-id`).
+    pub params: Value,
 }
 
 impl Request {
@@ -208,6 +223,7 @@ impl Request {
             Request::Delete(_) => Command::Delete,
             Request::Query(_) => Command::Query,
             Request::List(_) => Command::List,
+            Request::Service(_) => Command::Service,
         }
     }
 
@@ -219,13 +235,14 @@ impl Request {
             Request::Answer(r) => Some(&r.call_id),
             Request::Delete(r) => Some(&r.call_id),
             Request::Query(r) => Some(&r.call_id),
+            Request::Service(r) => Some(&r.call_id),
         }
     }
 
     /// The options, for commands that have them.
     pub fn options(&self) -> Option<&Options> {
         match self {
-            Request::Ping | Request::List(_) => None,
+            Request::Ping | Request::List(_) | Request::Service(_) => None,
             Request::Offer(r) => Some(&r.options),
             Request::Answer(r) => Some(&r.options),
             Request::Delete(r) => Some(&r.options),
@@ -437,6 +454,33 @@ pub fn request_from_dict(
         return Ok((Request::Ping, Warnings::default()));
     }
     let pairs = dict.as_dict().unwrap_or_default();
+    if command == Command::Service {
+        let call_id = match dict.get("call-id") {
+            Some(Value::Bytes(b)) if !b.is_empty() => {
+                String::from_utf8(b.clone()).map_err(|_| {
+                    (
+                        Some(command),
+                        RequestErrorKind::WrongType {
+                            key: "call-id".to_owned(),
+                            expected: "UTF-8 string",
+                            found: "bytes",
+                        },
+                    )
+                })?
+            }
+            _ => return Err((Some(command), RequestErrorKind::Missing(MissingKey::CallId))),
+        };
+        let params = Value::dict(
+            pairs
+                .iter()
+                .filter(|(k, _)| k.as_slice() != b"command" && k.as_slice() != b"call-id")
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        return Ok((
+            Request::Service(ServiceCommand { call_id, params }),
+            Warnings::default(),
+        ));
+    }
     let mut fields = Fields::default();
     for (key, value) in pairs {
         fields
@@ -495,6 +539,8 @@ fn build(command: Command, f: Fields) -> Result<(Request, Warnings), RequestErro
             to_tag,
             options: f.options,
         }),
+        // Built before the generic fields (see request_from_dict).
+        Command::Service => return Err(RequestErrorKind::UnknownCommand("service".into())),
         Command::List => Request::List(List {
             limit: match f.limit {
                 None => List::DEFAULT_LIMIT,

@@ -50,7 +50,7 @@ pub use cache::ReplyCache;
 pub use client::{ClientError, NgClient};
 pub use message::{
     Answer, Command, Delete, Encoding, List, MissingKey, Offer, ParsedRequest, Query, Request,
-    RequestError, RequestErrorKind, parse_request, split_cookie,
+    RequestError, RequestErrorKind, ServiceCommand, parse_request, split_cookie,
 };
 pub use options::{
     AddressFamily, Direction, Flags, Ice, Options, ReceivedFrom, Replace, RtcpMux, SipMessageType,

@@ -331,6 +331,11 @@ pub struct Options {
     pub account: Option<String>,
     /// `auth-token` (rtpedge's): a signed authorization token for call setup.
     pub auth_token: Option<String>,
+    /// `from-uri` (rtpedge's; Kamailio: `rtpengine_offer("from-uri=$fu")`): the SIP From URI,
+    /// for the account mapping.
+    pub from_uri: Option<String>,
+    /// `from-user` (rtpedge's; Kamailio: `"from-user=$fU"`): the From URI's user part.
+    pub from_user: Option<String>,
     /// `label` / `from-label`.
     pub label: Option<String>,
     /// `to-label`.
@@ -847,6 +852,8 @@ impl Fields {
             "received-from" => self.apply_received_from(raw_key, value)?,
             "account" => opts.account = Some(text_of(raw_key, value)?),
             "auth-token" => opts.auth_token = Some(text_of(raw_key, value)?),
+            "from-uri" => opts.from_uri = Some(text_of(raw_key, value)?),
+            "from-user" => opts.from_user = Some(text_of(raw_key, value)?),
             "label" | "from-label" => opts.label = Some(text_of(raw_key, value)?),
             "to-label" => opts.to_label = Some(text_of(raw_key, value)?),
             "delete-delay" => {

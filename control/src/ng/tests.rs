@@ -1388,3 +1388,24 @@ fn cookies_are_unique() {
         assert!(!c.contains(' ') && c.len() < 64, "{c}");
     }
 }
+
+#[test]
+fn service_is_an_rtpedge_command_with_untyped_keys() {
+    let body = unsorted(&[
+        ("command", "service".into()),
+        ("call-id", "c1".into()),
+        ("ticket", "t.s".into()),
+        ("recorder", "192.0.2.9:4000".into()),
+    ]);
+    let p = parse_ok(&datagram("1", &body));
+    let Request::Service(s) = p.request else {
+        panic!("{:?}", p.request)
+    };
+    assert_eq!(s.call_id, "c1");
+    assert_eq!(s.params.get_str("ticket"), Some("t.s"));
+    assert_eq!(s.params.get_str("recorder"), Some("192.0.2.9:4000"));
+    assert_eq!(s.params.get("command"), None);
+    // call-id is required.
+    let body = unsorted(&[("command", "service".into())]);
+    assert!(parse_request(&datagram("2", &body)).is_err());
+}

@@ -13,10 +13,12 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod forward;
 pub mod logic;
+pub mod rtp_stats;
 
 /// Version of the pinned map layout. Bump on any change to a map's key, value, size or meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Magic stored in the [`Meta`] entry so a stray map of the same name is never mistaken for ours.
 pub const META_MAGIC: u32 = 0x5254_5045; // "RTPE"
@@ -45,8 +47,30 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// `ARRAY<Meta>` with one entry: schema magic and version, written at first load.
     pub const META: &str = "META";
+    /// `HASH<PinholeKey, Forward>`: the in-kernel fast path of spliced legs. A packet that
+    /// passes the pinhole of its key is rewritten and sent back out by XDP instead of going up
+    /// to the bridge. Written by the daemon only.
+    pub const FORWARDS: &str = "FORWARDS";
+    /// `HASH<PinholeKey, NextHop>`: for pinholes with a forwarding entry, the Ethernet
+    /// addresses and interface of the last packet that passed: the way back to its remote.
+    /// Written by the kernel only.
+    pub const NEXTHOPS: &str = "NEXTHOPS";
+    /// `HASH<PinholeKey, StreamStats>`: RFC 3550 receive statistics of the RTP the fast path
+    /// forwarded from a pinhole. Created by the daemon with the forwarding entry (it knows the
+    /// clock rate), updated by the kernel.
+    pub const RTP_STATS: &str = "RTP_STATS";
     /// Every map that is pinned, in the order they are checked and unpinned.
-    pub const ALL: [&str; 6] = [PINHOLES, PINHOLE_STATS, LEARNED, COUNTERS, CONFIG, META];
+    pub const ALL: [&str; 9] = [
+        PINHOLES,
+        PINHOLE_STATS,
+        LEARNED,
+        COUNTERS,
+        CONFIG,
+        META,
+        FORWARDS,
+        NEXTHOPS,
+        RTP_STATS,
+    ];
 }
 
 /// Program names in the BPF object.
@@ -161,6 +185,10 @@ pub struct PinholeStats {
     pub tokens: u64,
     /// Token bucket: monotonic time (ns) of the last refill; 0 = bucket not yet initialised.
     pub tokens_at_ns: u64,
+    /// Passed packets the fast path forwarded in the kernel (a subset of `packets`).
+    pub fwd_packets: u64,
+    /// Their bytes (frames as received).
+    pub fwd_bytes: u64,
 }
 
 /// The source latched by a learning pinhole.
@@ -175,6 +203,46 @@ pub struct LearnedSource {
     pub _pad: [u8; 6],
     /// Monotonic time (ns) at which the source was latched.
     pub learned_at_ns: u64,
+}
+
+/// An in-kernel forwarding entry: where a packet that passed the pinhole of its key goes
+/// instead of up to the bridge. The packet leaves from the spliced leg's local address and port
+/// (`src_*`) to that leg's remote (`dst_*`), as the bridge would have sent it, with its payload
+/// untouched. Same address family in and out; the program falls back to the stack (and so to
+/// the bridge) whenever it cannot forward a packet itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forward {
+    /// Source address of the forwarded packet: the spliced leg's local address (IPv6 or
+    /// IPv4-mapped).
+    pub src_addr: [u8; 16],
+    /// Destination: the spliced leg's remote address (IPv6 or IPv4-mapped).
+    pub dst_addr: [u8; 16],
+    /// Source port (host order): the spliced leg's local port.
+    pub src_port: u16,
+    /// Destination port (host order): the spliced leg's remote port.
+    pub dst_port: u16,
+    /// DSCP of the forwarded packet (the spliced leg's marking), or [`DSCP_NONE`] to keep it.
+    pub dscp: u8,
+    /// Reserved; zero.
+    pub flags: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// The way back to a pinhole's remote, as the last packet that passed it came: symmetric RTP
+/// at layer 2. Media from the remote arrives from the next hop towards it (the remote itself,
+/// or the router in front of it), so answering through that hop needs neither the forwarding
+/// sysctl that the kernel's FIB helper insists on nor a copy of the neighbour table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Source MAC of that packet: the next hop towards the remote.
+    pub remote_mac: [u8; 6],
+    /// Destination MAC of that packet: this host's address on the interface.
+    pub local_mac: [u8; 6],
+    /// Interface it arrived on.
+    pub ifindex: u32,
 }
 
 /// Data-plane configuration (one entry). Written by the loader; read per packet.
@@ -239,11 +307,18 @@ pub enum Counter {
     Learned = 10,
     /// Packets sent by the host from a pinhole's address and port and marked with its DSCP (TC).
     EgressMarked = 11,
+    /// Passed packets forwarded in the kernel (XDP_TX) through a [`Forward`] entry.
+    Forwarded = 12,
+    /// Passed packets with a [`Forward`] entry that went up the stack instead (the spliced
+    /// leg's remote has not sent anything yet, or arrives on another interface; not valid RTP,
+    /// or RTCP; a UDP checksum that does not verify, e.g. a local sender's partial one; family
+    /// mismatch; VLAN): the bridge judges those.
+    ForwardFallback = 13,
 }
 
 impl Counter {
     /// Number of counters; the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Passed,
@@ -258,6 +333,8 @@ impl Counter {
         Counter::Fragment,
         Counter::Learned,
         Counter::EgressMarked,
+        Counter::Forwarded,
+        Counter::ForwardFallback,
     ];
 
     /// The counter's name as operators see it (`scripts/ebpf status --json`).
@@ -275,6 +352,8 @@ impl Counter {
             Counter::Fragment => "fragment",
             Counter::Learned => "learned",
             Counter::EgressMarked => "egress_marked",
+            Counter::Forwarded => "forwarded",
+            Counter::ForwardFallback => "forward_fallback",
         }
     }
 }
@@ -284,6 +363,8 @@ impl Counter {
 pub const LAYOUT_SYMBOL: &str = "RTPEDGE_LAYOUT";
 /// ELF section of [`LAYOUT_SYMBOL`]; not a map or program section, so the loader ignores it.
 pub const LAYOUT_SECTION: &str = ".rtpedge.layout";
+
+use rtp_stats::StreamStats;
 
 macro_rules! layout_table {
     ($($ty:ident { $($field:ident),* $(,)? })*) => {
@@ -314,21 +395,31 @@ layout_table! {
     Pinhole { remote_addr, remote_port, policy, state, dscp, _pad, rate_pps, burst, learn_deadline_ns }
     PinholeStats {
         packets, bytes, last_seen_ns, dropped_closed, dropped_wrong_source, dropped_rate_limited,
-        tx_packets, tx_bytes, tokens, tokens_at_ns,
+        tx_packets, tx_bytes, tokens, tokens_at_ns, fwd_packets, fwd_bytes,
     }
     LearnedSource { addr, port, _pad, learned_at_ns }
     Config { port_min, port_max, flags }
     Meta { magic, schema }
+    Forward { src_addr, dst_addr, src_port, dst_port, dscp, flags, _pad }
+    NextHop { remote_mac, local_mac, ifindex }
+    StreamStats {
+        clock_rate, ssrc, bad_seq, ssrc_changes, sequence_restarts, last_transit, max_seq,
+        probation, flags, _pad, packets, bytes, last_arrival_ns, ext_max, ext_base, received,
+        window, prior_expected, prior_received, reordered, duplicates, jitter_q4,
+    }
 }
 
 // Compile-time layout checks: a change here must be deliberate (and bump SCHEMA_VERSION).
 const _: () = assert!(core::mem::size_of::<PinholeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Pinhole>() == 40);
 const _: () = assert!(core::mem::align_of::<Pinhole>() == 8);
-const _: () = assert!(core::mem::size_of::<PinholeStats>() == 80);
+const _: () = assert!(core::mem::size_of::<PinholeStats>() == 96);
 const _: () = assert!(core::mem::size_of::<LearnedSource>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<Meta>() == 8);
+const _: () = assert!(core::mem::size_of::<Forward>() == 40);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
+const _: () = assert!(core::mem::size_of::<StreamStats>() == 136);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -340,4 +431,7 @@ mod pod {
     unsafe impl aya::Pod for super::LearnedSource {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for super::Forward {}
+    unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::rtp_stats::StreamStats {}
 }

@@ -11,8 +11,8 @@ use rtpedge_common::{
 };
 
 use crate::{
-    Dataplane, DataplaneError, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
-    RateLimit,
+    Dataplane, DataplaneError, Dscp, ForwardSpec, GlobalCounters, PinholeCounters, PinholeInfo,
+    PinholeSpec, RateLimit,
     types::{addr_to_map, info_of, key_of, pinhole_value},
 };
 
@@ -30,6 +30,11 @@ struct Entry {
     ph: Pinhole,
     stats: PinholeStats,
     learned: Option<LearnedSource>,
+    /// Kept and validated like the kernel keeps it; whether a packet would take the fast path
+    /// depends on the host's routes, so [`FakeDataplane::deliver`] still answers `Pass`.
+    forward: Option<ForwardSpec>,
+    /// Created with the first forwarding entry, as the kernel's (the fake has no RTP to count).
+    rtp: Option<rtpedge_common::rtp_stats::StreamStats>,
 }
 
 /// In-memory data plane with a virtual monotonic clock.
@@ -150,6 +155,24 @@ impl FakeDataplane {
         e.stats.bytes += frame_len;
         e.stats.last_seen_ns = now;
         let dscp = (e.ph.dscp != rtpedge_common::DSCP_NONE).then(|| Dscp::new(e.ph.dscp).ok());
+        let forward = e.forward;
+        if let Some(f) = forward {
+            // As the kernel: forwarded once the other leg's remote has been heard (the way
+            // back is learned from its media), else up the stack.
+            let way_back = self
+                .entries
+                .get(&f.via)
+                .is_some_and(|(_, other)| other.stats.packets > 0);
+            if way_back {
+                if let Some((_, e)) = self.entries.get_mut(&dst) {
+                    e.stats.fwd_packets += 1;
+                    e.stats.fwd_bytes += frame_len;
+                }
+                self.counters[Counter::Forwarded as usize] += 1;
+            } else {
+                self.counters[Counter::ForwardFallback as usize] += 1;
+            }
+        }
         (Verdict::Pass(dscp.flatten()), Counter::Passed)
     }
 
@@ -174,6 +197,8 @@ impl FakeDataplane {
             dropped_rate_limited: e.stats.dropped_rate_limited,
             tx_packets: e.stats.tx_packets,
             tx_bytes: e.stats.tx_bytes,
+            forwarded_packets: e.stats.fwd_packets,
+            forwarded_bytes: e.stats.fwd_bytes,
             idle: (e.stats.last_seen_ns != 0)
                 .then(|| Duration::from_nanos(self.now_ns.saturating_sub(e.stats.last_seen_ns))),
         };
@@ -210,6 +235,8 @@ impl Dataplane for FakeDataplane {
                     ph,
                     stats: PinholeStats::default(),
                     learned: None,
+                    forward: None,
+                    rtp: None,
                 },
             ),
         );
@@ -276,6 +303,36 @@ impl Dataplane for FakeDataplane {
 
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError> {
         Ok(self.info(&local).and_then(|i| i.learned))
+    }
+
+    fn set_forward(
+        &mut self,
+        local: SocketAddr,
+        forward: Option<ForwardSpec>,
+    ) -> Result<(), DataplaneError> {
+        if let Some(f) = &forward {
+            f.to_map()?;
+        }
+        let e = self.entry_mut(local)?;
+        if let Some(f) = &forward {
+            e.rtp
+                .get_or_insert(rtpedge_common::rtp_stats::StreamStats::new(f.clock_rate));
+        }
+        e.forward = forward;
+        Ok(())
+    }
+
+    fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
+        key_of(local)?;
+        Ok(self.entries.get(&local).and_then(|(_, e)| e.forward))
+    }
+
+    fn forwarded_rtp(
+        &self,
+        local: SocketAddr,
+    ) -> Result<Option<rtpedge_common::rtp_stats::StreamStats>, DataplaneError> {
+        key_of(local)?;
+        Ok(self.entries.get(&local).and_then(|(_, e)| e.rtp))
     }
 }
 

@@ -9,16 +9,19 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use rtpedge_common::{
-    Config, Counter, LearnedSource, MAX_PINHOLES, META_MAGIC, Meta, Pinhole, PinholeKey,
-    PinholeStats, SCHEMA_VERSION, map_names, policy, state,
+    Config, Counter, Forward, LearnedSource, MAX_PINHOLES, META_MAGIC, Meta, NextHop, Pinhole,
+    PinholeKey, PinholeStats, SCHEMA_VERSION, map_names, policy, rtp_stats::StreamStats, state,
 };
+
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     Dataplane, DataplaneError, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
     RateLimit,
     clock::monotonic_ns,
     fake::keeps_learned,
-    types::{addr_from_map, info_of, key_of, pinhole_value},
+    types::{ForwardSpec, addr_from_map, info_of, key_of, pinhole_value},
 };
 
 /// Handle on the data plane's maps.
@@ -26,6 +29,9 @@ pub struct KernelDataplane {
     pinholes: HashMap<MapData, PinholeKey, Pinhole>,
     stats: PerCpuHashMap<MapData, PinholeKey, PinholeStats>,
     learned: HashMap<MapData, PinholeKey, LearnedSource>,
+    forwards: HashMap<MapData, PinholeKey, Forward>,
+    next_hops: HashMap<MapData, PinholeKey, NextHop>,
+    rtp_stats: HashMap<MapData, PinholeKey, StreamStats>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
     meta: Array<MapData, Meta>,
@@ -59,6 +65,24 @@ pub(crate) fn expected_layout(name: &str) -> Option<(aya::maps::MapType, u32, u3
         map_names::COUNTERS => (T::PerCpuArray, 4, 8, Counter::COUNT),
         map_names::CONFIG => (T::Array, 4, sz(size_of::<Config>()), 1),
         map_names::META => (T::Array, 4, sz(size_of::<Meta>()), 1),
+        map_names::FORWARDS => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<Forward>()),
+            MAX_PINHOLES,
+        ),
+        map_names::NEXTHOPS => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<NextHop>()),
+            MAX_PINHOLES,
+        ),
+        map_names::RTP_STATS => (
+            T::Hash,
+            sz(size_of::<PinholeKey>()),
+            sz(size_of::<StreamStats>()),
+            MAX_PINHOLES,
+        ),
         _ => return None,
     })
 }
@@ -129,6 +153,11 @@ impl KernelDataplane {
             stats: PerCpuHashMap::try_from(take(map_names::PINHOLE_STATS)?)
                 .map_err(map_err("PINHOLE_STATS"))?,
             learned: HashMap::try_from(take(map_names::LEARNED)?).map_err(map_err("LEARNED"))?,
+            forwards: HashMap::try_from(take(map_names::FORWARDS)?).map_err(map_err("FORWARDS"))?,
+            next_hops: HashMap::try_from(take(map_names::NEXTHOPS)?)
+                .map_err(map_err("NEXTHOPS"))?,
+            rtp_stats: HashMap::try_from(take(map_names::RTP_STATS)?)
+                .map_err(map_err("RTP_STATS"))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)
                 .map_err(map_err("COUNTERS"))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(map_err("CONFIG"))?,
@@ -233,6 +262,8 @@ impl KernelDataplane {
             c.dropped_rate_limited += s.dropped_rate_limited;
             c.tx_packets += s.tx_packets;
             c.tx_bytes += s.tx_bytes;
+            c.forwarded_packets += s.fwd_packets;
+            c.forwarded_bytes += s.fwd_bytes;
             last = last.max(s.last_seen_ns);
         }
         c.idle = (last != 0).then(|| Duration::from_nanos(now.saturating_sub(last)));
@@ -324,6 +355,9 @@ impl Dataplane for KernelDataplane {
         if !remove_present(self.pinholes.remove(&key), "removing from PINHOLES")? {
             return Err(DataplaneError::NoSuchPinhole(local));
         }
+        remove_present(self.forwards.remove(&key), "removing from FORWARDS")?;
+        remove_present(self.next_hops.remove(&key), "removing from NEXTHOPS")?;
+        remove_present(self.rtp_stats.remove(&key), "removing from RTP_STATS")?;
         remove_present(self.learned.remove(&key), "removing from LEARNED")?;
         remove_present(self.stats.remove(&key), "removing from PINHOLE_STATS")?;
         Ok(())
@@ -400,5 +434,58 @@ impl Dataplane for KernelDataplane {
 
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError> {
         self.learned_of(&key_of(local)?)
+    }
+    fn set_forward(
+        &mut self,
+        local: SocketAddr,
+        forward: Option<ForwardSpec>,
+    ) -> Result<(), DataplaneError> {
+        let key = key_of(local)?;
+        match forward {
+            Some(f) => {
+                let value = f.to_map()?;
+                // Only a pinhole's media is forwarded: refuse an entry nothing would reach.
+                if self.get(&key)?.is_none() {
+                    return Err(DataplaneError::NoSuchPinhole(local));
+                }
+                // The stream's statistics start with its first entry and survive re-entries
+                // (BPF_NOEXIST keeps what the kernel counted so far).
+                match self
+                    .rtp_stats
+                    .insert(key, StreamStats::new(f.clock_rate), BPF_NOEXIST)
+                {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(full_or(e, "writing RTP_STATS")),
+                }
+                self.forwards
+                    .insert(key, value, 0)
+                    .map_err(|e| full_or(e, "writing FORWARDS"))
+            }
+            None => {
+                remove_present(self.forwards.remove(&key), "removing from FORWARDS").map(|_| ())
+            }
+        }
+    }
+
+    fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
+        let key = key_of(local)?;
+        match self.forwards.get(&key, 0) {
+            Ok(f) => {
+                let rate = self.forwarded_rtp(local)?.map_or(0, |s| s.clock_rate());
+                Ok(Some(ForwardSpec::from_map(&f, rate)))
+            }
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(DataplaneError::bpf("reading FORWARDS", e)),
+        }
+    }
+
+    fn forwarded_rtp(&self, local: SocketAddr) -> Result<Option<StreamStats>, DataplaneError> {
+        match self.rtp_stats.get(&key_of(local)?, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(DataplaneError::bpf("reading RTP_STATS", e)),
+        }
     }
 }

@@ -23,10 +23,10 @@ pub use fake::{FakeDataplane, Verdict};
 pub use kernel::KernelDataplane;
 pub use loader::{Attachment, LoadOptions, LoadReport, Status, UnloadReport, load, status, unload};
 pub use pin::{DEFAULT_PIN_ROOT, PinLayout, enter_netns, escape_ip_netns_exec_mount_namespace};
-pub use rtpedge_common::{Counter, SCHEMA_VERSION};
+pub use rtpedge_common::{Counter, SCHEMA_VERSION, rtp_stats::StreamStats};
 pub use types::{
-    AttachMode, Dscp, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec, PinholeState,
-    RateLimit, RemotePolicy, parse_port_range, parse_remote,
+    AttachMode, Dscp, ForwardSpec, GlobalCounters, PinholeCounters, PinholeInfo, PinholeSpec,
+    PinholeState, RateLimit, RemotePolicy, parse_port_range, parse_remote,
 };
 
 /// The compiled BPF object (XDP ingress and TC egress programs and their maps).
@@ -68,6 +68,18 @@ pub trait Dataplane {
     fn counters(&self) -> Result<GlobalCounters, DataplaneError>;
     /// The source a learning pinhole latched, if any.
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError>;
+    /// Sets (or with `None` clears) the in-kernel forwarding of what passes the pinhole at
+    /// `local`; applies from the next packet. Removing the pinhole removes it too.
+    fn set_forward(
+        &mut self,
+        local: SocketAddr,
+        forward: Option<ForwardSpec>,
+    ) -> Result<(), DataplaneError>;
+    /// The pinhole's forwarding entry, if any.
+    fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError>;
+    /// RFC 3550 statistics of the RTP the kernel forwarded from the pinhole (kept from its first
+    /// forwarding entry until the pinhole is removed), if it ever had one.
+    fn forwarded_rtp(&self, local: SocketAddr) -> Result<Option<StreamStats>, DataplaneError>;
 }
 
 /// A boxed data plane is a data plane: the daemon picks the kernel one or the in-memory one
@@ -110,5 +122,18 @@ impl<T: Dataplane + ?Sized> Dataplane for Box<T> {
     }
     fn learned_source(&self, local: SocketAddr) -> Result<Option<SocketAddr>, DataplaneError> {
         (**self).learned_source(local)
+    }
+    fn set_forward(
+        &mut self,
+        local: SocketAddr,
+        forward: Option<ForwardSpec>,
+    ) -> Result<(), DataplaneError> {
+        (**self).set_forward(local, forward)
+    }
+    fn forward(&self, local: SocketAddr) -> Result<Option<ForwardSpec>, DataplaneError> {
+        (**self).forward(local)
+    }
+    fn forwarded_rtp(&self, local: SocketAddr) -> Result<Option<StreamStats>, DataplaneError> {
+        (**self).forwarded_rtp(local)
     }
 }

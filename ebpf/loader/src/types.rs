@@ -126,6 +126,64 @@ pub struct PinholeSpec {
     pub rate: Option<RateLimit>,
 }
 
+/// An in-kernel forwarding entry (the fast path of a spliced leg): what passes a pinhole is
+/// sent back out of the receiving interface from `via` to `to`, without reaching the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// The spliced leg's local address and port: the forwarded packets' source.
+    pub via: SocketAddr,
+    /// The spliced leg's remote: the forwarded packets' destination.
+    pub to: SocketAddr,
+    /// DSCP of the forwarded packets (the spliced leg's marking); `None` keeps the packet's.
+    pub dscp: Option<Dscp>,
+    /// RTP clock rate of the media (for the jitter of what the kernel forwards); 0: no jitter.
+    pub clock_rate: u32,
+    /// Check the RTP padding count before forwarding (plain RTP; SRTP encrypts it).
+    pub check_padding: bool,
+}
+
+impl ForwardSpec {
+    /// The map value, or a precise reason why the kernel could not use it.
+    pub fn to_map(&self) -> Result<rtpedge_common::Forward, DataplaneError> {
+        if self.via.is_ipv4() != self.to.is_ipv4() {
+            return Err(DataplaneError::Invalid(format!(
+                "forwarding from {} to {}: the fast path never changes the address family",
+                self.via, self.to
+            )));
+        }
+        if self.via.port() == 0 || self.to.port() == 0 || self.to.ip().is_unspecified() {
+            return Err(DataplaneError::Invalid(format!(
+                "forwarding from {} to {}: needs a concrete source port and destination",
+                self.via, self.to
+            )));
+        }
+        Ok(rtpedge_common::Forward {
+            src_addr: addr_to_map(self.via.ip()),
+            dst_addr: addr_to_map(self.to.ip()),
+            src_port: self.via.port(),
+            dst_port: self.to.port(),
+            dscp: self.dscp.map_or(rtpedge_common::DSCP_NONE, Dscp::value),
+            flags: if self.check_padding {
+                rtpedge_common::forward::FORWARD_CHECK_PADDING
+            } else {
+                0
+            },
+            _pad: [0; 2],
+        })
+    }
+
+    /// Reads a map value back, with the clock rate kept beside it.
+    pub fn from_map(f: &rtpedge_common::Forward, clock_rate: u32) -> Self {
+        Self {
+            via: SocketAddr::new(addr_from_map(f.src_addr), f.src_port),
+            to: SocketAddr::new(addr_from_map(f.dst_addr), f.dst_port),
+            dscp: Dscp::new(f.dscp).ok(),
+            clock_rate,
+            check_padding: f.flags & rtpedge_common::forward::FORWARD_CHECK_PADDING != 0,
+        }
+    }
+}
+
 /// Whether a pinhole currently admits media.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PinholeState {
@@ -162,6 +220,10 @@ pub struct PinholeCounters {
     pub tx_packets: u64,
     /// Bytes the host sent from it.
     pub tx_bytes: u64,
+    /// Passed packets the fast path forwarded in the kernel (included in `packets`).
+    pub forwarded_packets: u64,
+    /// Their bytes (frames as received).
+    pub forwarded_bytes: u64,
     /// Time since the last passed packet, if any has passed.
     pub idle: Option<Duration>,
 }

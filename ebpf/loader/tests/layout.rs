@@ -5,8 +5,9 @@
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use rtpedge_common::{
-    Config, Counter, LAYOUT, LAYOUT_NAMES, LAYOUT_SECTION, LAYOUT_SYMBOL, LearnedSource,
-    MAX_PINHOLES, Meta, Pinhole, PinholeKey, PinholeStats, map_names,
+    Config, Counter, Forward, LAYOUT, LAYOUT_NAMES, LAYOUT_SECTION, LAYOUT_SYMBOL, LearnedSource,
+    MAX_PINHOLES, Meta, NextHop, Pinhole, PinholeKey, PinholeStats, map_names,
+    rtp_stats::StreamStats,
 };
 use rtpedge_dataplane::BPF_OBJECT;
 
@@ -42,7 +43,7 @@ fn bpf_and_host_layouts_agree_field_by_field() {
 #[test]
 fn bpf_map_definitions_match_the_shared_types() {
     let obj = aya_obj::Object::parse(BPF_OBJECT).expect("parse BPF object");
-    let expect: [(&str, u32, u32, u32); 6] = [
+    let expect: [(&str, u32, u32, u32); 9] = [
         (
             map_names::PINHOLES,
             size_of::<PinholeKey>() as u32,
@@ -64,6 +65,24 @@ fn bpf_map_definitions_match_the_shared_types() {
         (map_names::COUNTERS, 4, 8, Counter::COUNT),
         (map_names::CONFIG, 4, size_of::<Config>() as u32, 1),
         (map_names::META, 4, size_of::<Meta>() as u32, 1),
+        (
+            map_names::FORWARDS,
+            size_of::<PinholeKey>() as u32,
+            size_of::<Forward>() as u32,
+            MAX_PINHOLES,
+        ),
+        (
+            map_names::NEXTHOPS,
+            size_of::<PinholeKey>() as u32,
+            size_of::<NextHop>() as u32,
+            MAX_PINHOLES,
+        ),
+        (
+            map_names::RTP_STATS,
+            size_of::<PinholeKey>() as u32,
+            size_of::<StreamStats>() as u32,
+            MAX_PINHOLES,
+        ),
     ];
     assert_eq!(
         obj.maps.len(),

@@ -765,3 +765,173 @@ fn full_table_is_an_error_not_an_eviction() {
         "first pinhole survives a full table",
     );
 }
+
+const XDP_TX: u32 = 3;
+
+#[test]
+fn fast_path_rewrites_and_transmits_once_the_way_back_is_known() {
+    if !require_root("fast_path_rewrites_and_transmits_once_the_way_back_is_known") {
+        return;
+    }
+    let mut h = Harness::new();
+    let (leg_a, leg_b) = (sa("10.0.0.1:30000"), sa("10.0.0.1:30002"));
+    let (caller, callee) = (sa("10.0.0.2:4000"), sa("10.0.0.3:5000"));
+    for (local, remote) in [(leg_a, caller), (leg_b, callee)] {
+        h.dp.open_pinhole(&PinholeSpec {
+            local,
+            remote: RemotePolicy::Exact(remote),
+            dscp: None,
+            rate: None,
+        })
+        .unwrap();
+    }
+    use rtpedge_dataplane::ForwardSpec;
+    let to_callee = ForwardSpec {
+        via: leg_b,
+        to: callee,
+        dscp: Some(Dscp::new(46).unwrap()),
+        clock_rate: 8000,
+        check_padding: true,
+    };
+    let to_caller = ForwardSpec {
+        via: leg_a,
+        to: caller,
+        dscp: None,
+        clock_rate: 8000,
+        check_padding: true,
+    };
+    h.dp.set_forward(leg_a, Some(to_callee)).unwrap();
+    h.dp.set_forward(leg_b, Some(to_caller)).unwrap();
+    assert_eq!(h.dp.forward(leg_a).unwrap(), Some(to_callee));
+
+    // RTP (PT 0, 160 bytes of G.711) of stream `ssrc`.
+    let rtp = |ssrc: u32, seq: u16| {
+        let mut p = vec![0x80, 0];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xd5; 160]);
+        p
+    };
+    // Caller's frame arrives from router R1 (MAC ..:a1) at our MAC ..:e1.
+    let mut caller_frame = Frame::udp(&caller.to_string(), &leg_a.to_string());
+    caller_frame.payload = rtp(0xa, 1);
+    let mut from_caller = caller_frame.build();
+    from_caller[..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xe1, 2, 0, 0, 0, 0, 0xa1]);
+    // Callee's frame arrives from router R2 (MAC ..:b2) at our MAC ..:e1.
+    let mut callee_frame = Frame::udp(&callee.to_string(), &leg_b.to_string()).tos(0x02);
+    callee_frame.payload = rtp(0xb, 7);
+    let mut from_callee = callee_frame.build();
+    from_callee[..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xe1, 2, 0, 0, 0, 0, 0xb2]);
+
+    let count = |h: &Harness, c: Counter| h.counters().get(c);
+    // The callee has not spoken yet: the way to it is unknown, the stack (bridge) takes it.
+    let (rc, out) = h.xdp(&from_caller);
+    assert_eq!(rc, XDP_PASS);
+    assert_eq!(out, from_caller, "fallback leaves the frame untouched");
+    assert_eq!(count(&h, Counter::ForwardFallback), 1);
+    assert_eq!(count(&h, Counter::Forwarded), 0);
+
+    // The callee's first packet goes straight back to the caller, through R1.
+    let (rc, out) = h.xdp(&from_callee);
+    assert_eq!(rc, XDP_TX, "forwarded in the kernel");
+    assert_eq!(out.len(), from_callee.len());
+    assert_eq!(out[..6], [2, 0, 0, 0, 0, 0xa1], "to the caller's next hop");
+    assert_eq!(out[6..12], [2, 0, 0, 0, 0, 0xe1], "from our own MAC");
+    let ip = &out[14..34];
+    assert_eq!(ipv4_header_checksum(ip), 0, "IP checksum valid");
+    assert_eq!(ip[1], 0x02, "no DSCP on this direction, ECN kept");
+    assert_eq!(ip[8], 64, "fresh TTL");
+    assert_eq!(ip[12..16], [10, 0, 0, 1]);
+    assert_eq!(ip[16..20], [10, 0, 0, 2]);
+    assert_eq!(out[34..36], 30000u16.to_be_bytes(), "from leg A");
+    assert_eq!(out[36..38], 4000u16.to_be_bytes(), "to the caller");
+    assert_eq!(out[40..], from_callee[40..], "payload untouched");
+
+    // And now the caller's packets go to the callee through R2, marked EF.
+    let (rc, out) = h.xdp(&from_caller);
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(out[..12], [2, 0, 0, 0, 0, 0xb2, 2, 0, 0, 0, 0, 0xe1]);
+    let ip = &out[14..34];
+    assert_eq!(ipv4_header_checksum(ip), 0);
+    assert_eq!(ip[1], 46 << 2);
+    assert_eq!(ip[12..16], [10, 0, 0, 1]);
+    assert_eq!(ip[16..20], [10, 0, 0, 3]);
+    assert_eq!(out[34..36], 30002u16.to_be_bytes());
+    assert_eq!(out[36..38], 5000u16.to_be_bytes());
+    assert_eq!(out[40..], from_caller[40..]);
+    assert_eq!(count(&h, Counter::Forwarded), 2);
+    assert_eq!(count(&h, Counter::Passed), 3);
+    let a = h.dp.pinhole(leg_a).unwrap().unwrap();
+    assert_eq!((a.counters.packets, a.counters.tx_packets), (2, 1));
+    assert_eq!(a.counters.forwarded_packets, 1);
+    // What is not valid RTP is never forwarded: the bridge judges it (and drops it).
+    let mut not_rtp = caller_frame.clone();
+    not_rtp.payload[0] = 0x40;
+    let not_rtp = not_rtp.build();
+    let (rc, out) = h.xdp(&not_rtp);
+    assert_eq!(
+        (rc, out),
+        (XDP_PASS, not_rtp),
+        "version 1: up to the bridge, untouched"
+    );
+    let mut rtcp = caller_frame.clone();
+    rtcp.payload[1] = 200;
+    assert_eq!(
+        h.xdp(&rtcp.build()).0,
+        XDP_PASS,
+        "RTCP on the RTP port: the bridge's"
+    );
+    // The kernel kept the stream's statistics: seq 1 of 0xa, then 2, 3, 5 (4 lost).
+    for seq in [2u16, 3, 5] {
+        let mut f = caller_frame.clone();
+        f.payload = rtp(0xa, seq);
+        let mut f = f.build();
+        f[..12].copy_from_slice(&from_caller[..12]);
+        assert_eq!(h.xdp(&f).0, XDP_TX);
+    }
+    let st =
+        h.dp.forwarded_rtp(leg_a)
+            .unwrap()
+            .expect("created with the entry");
+    assert_eq!(st.ssrc(), Some(0xa));
+    assert_eq!((st.packets(), st.expected(), st.lost()), (4, 5, 1));
+    assert_eq!(st.clock_rate(), 8000);
+    assert_eq!(count(&h, Counter::Forwarded), 5);
+
+    // A wrong source is judged by the pinhole before any forwarding.
+    let intruder = Frame::udp("10.0.0.3:5001", &leg_a.to_string()).build();
+    let (rc, _) = h.xdp(&intruder);
+    assert_eq!(rc, XDP_DROP);
+    // Tagged frames and closed pinholes never take the fast path.
+    let tagged = Frame::udp(&caller.to_string(), &leg_a.to_string())
+        .vlan(7)
+        .build();
+    assert_eq!(h.xdp(&tagged).0, XDP_PASS);
+    // The first packet, the non-RTP, the RTCP and the tagged one.
+    assert_eq!(count(&h, Counter::ForwardFallback), 4);
+    h.dp.close_pinhole(leg_b).unwrap();
+    assert_eq!(h.xdp(&from_callee).0, XDP_DROP);
+
+    // Clearing the entry returns the direction to the stack; removing the pinhole clears it.
+    h.dp.set_forward(leg_a, None).unwrap();
+    assert_eq!(h.xdp(&from_caller).0, XDP_PASS);
+    assert_eq!(count(&h, Counter::Forwarded), 5);
+    h.dp.remove_pinhole(leg_b).unwrap();
+    assert_eq!(h.dp.forward(leg_b).unwrap(), None);
+
+    // What the kernel could never use is refused with a reason.
+    assert!(matches!(
+        h.dp.set_forward(sa("10.0.0.1:30004"), Some(to_caller)),
+        Err(DataplaneError::NoSuchPinhole(_))
+    ));
+    let mixed = ForwardSpec {
+        via: leg_b,
+        to: sa("[2001:db8::1]:5000"),
+        dscp: None,
+        clock_rate: 8000,
+        check_padding: true,
+    };
+    let err = h.dp.set_forward(leg_a, Some(mixed)).unwrap_err();
+    assert!(err.to_string().contains("address family"), "{err}");
+}

@@ -5,6 +5,11 @@
 //!   policy its source satisfies, within the pinhole's optional rate limit; its DSCP is then
 //!   rewritten if the pinhole says so. Everything outside the media range passes untouched.
 //!   Every verdict is counted.
+//!   When the pinhole has a forwarding entry (a spliced leg whose remote is known), the packet
+//!   is rewritten to leave from the spliced leg's address and port to its remote and sent
+//!   back out of the receiving interface (`XDP_TX`) without reaching the stack: the in-kernel
+//!   fast path. Whatever the program cannot forward itself (no route or neighbour out of the
+//!   same interface, MTU, VLAN, family change) goes up the stack to the bridge as before.
 //! * `tc_egress` (TC, egress): marks what the host sends from a pinhole's local address and port
 //!   with that pinhole's DSCP, and counts it. Never drops.
 //!
@@ -24,12 +29,17 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use rtpedge_common::{
-    Config, Counter, DSCP_NONE, LearnedSource, MAX_PINHOLES, Meta, Pinhole, PinholeKey,
-    PinholeStats,
+    Config, Counter, DSCP_NONE, Forward, LearnedSource, MAX_PINHOLES, Meta, NextHop, Pinhole,
+    PinholeKey, PinholeStats,
+    forward::{
+        FORWARD_CHECK_PADDING, MAX_FAST_PATH_UDP_LEN, RtpFields, family_matches, ipv4_forward,
+        ipv6_forward, rtp_for_fast_path, udp_checksum_verifies,
+    },
     logic::{
         SourceVerdict, addr_eq, check_source, ipv4_mapped, ipv4_rewrite_dscp, ipv6_rewrite_dscp,
         may_learn, token_bucket_admit, tos_with_dscp,
     },
+    rtp_stats::StreamStats,
     state,
 };
 
@@ -48,6 +58,15 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "FORWARDS")]
+static FORWARDS: HashMap<PinholeKey, Forward> = HashMap::with_max_entries(MAX_PINHOLES, 0);
+
+#[map(name = "RTP_STATS")]
+static RTP_STATS: HashMap<PinholeKey, StreamStats> = HashMap::with_max_entries(MAX_PINHOLES, 0);
+
+#[map(name = "NEXTHOPS")]
+static NEXTHOPS: HashMap<PinholeKey, NextHop> = HashMap::with_max_entries(MAX_PINHOLES, 0);
 
 /// Stamped and checked by userspace only (schema guard for pinned maps).
 #[map(name = "META")]
@@ -106,6 +125,7 @@ fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
 /// A UDP packet to the media range, with what the verdict needs.
 struct Media {
     l3_off: usize,
+    l4_off: usize,
     v4: bool,
     src: [u8; 16],
     dst: [u8; 16],
@@ -203,6 +223,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
     }
     Parsed::Media(Media {
         l3_off: off,
+        l4_off: l4,
         v4: true,
         src: ipv4_mapped([h[12], h[13], h[14], h[15]]),
         dst: ipv4_mapped([h[16], h[17], h[18], h[19]]),
@@ -278,6 +299,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     dst.copy_from_slice(&h[24..40]);
     Parsed::Media(Media {
         l3_off: off,
+        l4_off: l4,
         v4: false,
         src,
         dst,
@@ -339,20 +361,154 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
             return xdp_action::XDP_DROP;
         }
     }
-    if ph.dscp != DSCP_NONE {
-        rewrite_dscp(ctx, m, ph.dscp);
-        count(Counter::DscpMarked);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: read-only access to a map value.
+    let fwd = unsafe { FORWARDS.get(key) };
+    let rtp = match fwd {
+        Some(f) => {
+            remember_next_hop(ctx, &key);
+            forward(ctx, m, f)
+        }
+        None => None,
+    };
+    let forwarded = rtp.is_some();
+    if !forwarded {
+        if fwd.is_some() {
+            count(Counter::ForwardFallback);
+        }
+        if ph.dscp != DSCP_NONE {
+            rewrite_dscp(ctx, m, ph.dscp);
+            count(Counter::DscpMarked);
+        }
     }
     if let Some(s) = stats {
-        let len = (ctx.data_end() - ctx.data()) as u64;
         unsafe {
             (*s).packets += 1;
             (*s).bytes += len;
             (*s).last_seen_ns = now;
+            if forwarded {
+                (*s).fwd_packets += 1;
+                (*s).fwd_bytes += len;
+            }
         }
     }
     count(Counter::Passed);
+    if let (Some((r, payload_len)), Some(f)) = (rtp, fwd) {
+        // The bridge's statistics of this stream, continued in the kernel (created by the
+        // daemon with the entry, which knows the clock rate).
+        if let Some(st) = RTP_STATS.get_ptr_mut(key) {
+            // SAFETY: the value outlives this program run; a stream is received on one CPU at
+            // a time (one receive queue per flow), so the updates do not race in practice and
+            // a rare race only skews statistics.
+            unsafe { (*st).on_packet(r.seq, r.timestamp, r.ssrc, now, payload_len) };
+        }
+        // What the host would have sent from the spliced leg: counted on its pinhole, as
+        // tc_egress counts the bridge's packets.
+        let out = PinholeKey {
+            addr: f.src_addr,
+            port: f.src_port,
+            _pad: 0,
+        };
+        if let Some(s) = PINHOLE_STATS.get_ptr_mut(out) {
+            // SAFETY: per-CPU value.
+            unsafe {
+                (*s).tx_packets += 1;
+                (*s).tx_bytes += len;
+            }
+        }
+        count(Counter::Forwarded);
+        return xdp_action::XDP_TX;
+    }
     xdp_action::XDP_PASS
+}
+
+/// Records how this packet (which passed the pinhole) reached us, so the other direction of
+/// the splice can answer through the same next hop. Written only when it changed: the entry
+/// stays read-mostly across CPUs.
+#[inline(always)]
+fn remember_next_hop(ctx: &XdpContext, key: &PinholeKey) {
+    let Some(eth) = read::<[u8; 12]>(ctx, 0) else {
+        return;
+    };
+    let mut hop = NextHop {
+        remote_mac: [0; 6],
+        local_mac: [0; 6],
+        ifindex: ctx.ingress_ifindex() as u32,
+    };
+    hop.remote_mac.copy_from_slice(&eth[6..12]);
+    hop.local_mac.copy_from_slice(&eth[0..6]);
+    // SAFETY: read-only access to a map value.
+    if let Some(known) = unsafe { NEXTHOPS.get(key) }
+        && *known == hop
+    {
+        return;
+    }
+    // A full table only costs the fast path (the stack still forwards): ignore the error.
+    let _ = NEXTHOPS.insert(key, hop, 0);
+}
+
+/// The fast path: sends the packet out of the interface it came in on, from the spliced leg's
+/// address and port to its remote, through the next hop that remote's own media came from.
+/// Only valid RTP is forwarded, by the bridge's rules (anything else, RTCP included, goes to
+/// the bridge, which counts and drops what is invalid). Returns the RTP fields and the UDP
+/// payload length, or `None`, with the packet untouched, whenever the stack (and so the
+/// bridge) must handle it instead.
+#[inline(always)]
+fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usize)> {
+    // Tagged frames would need the VLAN device's path; the stack handles them.
+    if m.l3_off != ETH_HLEN || !family_matches(fwd, m.v4) {
+        return None;
+    }
+    let udp_hdr = read::<[u8; UDP_HLEN]>(ctx, m.l4_off)?;
+    let udp_len = u16::from_be_bytes([udp_hdr[4], udp_hdr[5]]) as usize;
+    // The whole datagram must be here (not a first fragment), and media-sized: the bound also
+    // keeps the packet offsets below the verifier's limit.
+    if udp_len < UDP_HLEN + 12 || udp_len > MAX_FAST_PATH_UDP_LEN {
+        return None;
+    }
+    let payload = m.l4_off + UDP_HLEN;
+    let len = udp_len - UDP_HLEN;
+    if payload + len > ctx.data_end() - ctx.data() {
+        return None;
+    }
+    let fixed = read::<[u8; 12]>(ctx, payload)?;
+    let rtp = rtp_for_fast_path(&fixed, len, fwd.flags & FORWARD_CHECK_PADDING != 0, |off| {
+        read::<[u8; 4]>(ctx, payload + (off & 0x7ff))
+    })?;
+    // The rewrite updates the checksum incrementally: only a complete one stays right. A
+    // partial one (a local sender's checksum offload) goes to the stack, which completes it.
+    if !udp_checksum_verifies(&m.src, &m.dst, m.v4, &udp_hdr, udp_len, |off| {
+        read::<[u8; 4]>(ctx, m.l4_off + (off & 0x7ff))
+    }) {
+        return None;
+    }
+    let out = PinholeKey {
+        addr: fwd.src_addr,
+        port: fwd.src_port,
+        _pad: 0,
+    };
+    // SAFETY: read-only access to a map value.
+    // The other side has not sent anything yet if there is no entry.
+    let hop = unsafe { NEXTHOPS.get(&out) }?;
+    if hop.ifindex != ctx.ingress_ifindex() as u32 {
+        return None;
+    }
+    let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
+    let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, m.l4_off)?;
+    if m.v4 {
+        let ip = ptr_at::<[u8; 20]>(ctx, m.l3_off)?;
+        // SAFETY: all pointers were bounds checked by ptr_at.
+        unsafe { ipv4_forward(&mut *ip, &mut *udp, fwd) };
+    } else {
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, m.l3_off)?;
+        unsafe { ipv6_forward(&mut *ip, &mut *udp, fwd) };
+    }
+    let mut macs = [0u8; 12];
+    macs[0..6].copy_from_slice(&hop.remote_mac);
+    macs[6..12].copy_from_slice(&hop.local_mac);
+    // SAFETY: bounds checked above.
+    unsafe { *eth = macs };
+    Some((rtp, len))
 }
 
 /// The learning latch: the first admissible source wins (`BPF_NOEXIST` makes the insert
