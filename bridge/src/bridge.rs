@@ -2,6 +2,19 @@
 //! sets remotes and DSCP, splices and unsplices, reports statistics and events. It runs on the
 //! owner's threads (the control path); the packet path is entirely in the workers.
 //!
+//! Commands that cannot fail once the handle has checked them against its own view of legs and
+//! splices (adding and removing legs, remotes, media timeouts, splice, unsplice) are *posted*:
+//! queued for the worker in order, without waiting. A worker applies its queue before it reads
+//! any socket, so a splice is in effect for every packet that arrives after it was posted. The
+//! owner calls [`Bridge::flush`] before acknowledging a request: it waits for a worker only
+//! when something posted must stop forwarding (unsplice, removing a spliced leg, a new remote
+//! on a spliced leg), so that no packet the worker has already read is forwarded after the
+//! flush; other commands wait in the queue for the next wake-up (packets, a flush that waits,
+//! the worker's tick). Queries (statistics, floor) are round trips and see everything posted
+//! before them. With `BridgeConfig::batch_wakes` off (the default), every method flushes and
+//! wakes the worker before it returns, so a user that never calls `flush` sees each change in
+//! effect when the method returns.
+//!
 //! The legs of a splice must live on one worker (so that forwarding between them needs no lock
 //! and no cross-thread state): `provision` can place a leg near another, and `splice` moves legs
 //! onto the first leg's worker when needed (their packets wait in the socket buffers meanwhile).
@@ -20,8 +33,14 @@ use crate::{
     core::{BridgeEvent, CoreError, Fork, LegOptions, LegStats},
     pool::{PoolError, PortPool},
     types::{LegId, RemoteSpec, SpliceId, SpliceMode},
-    worker::{self, Command, LegSockets, WorkerHandle},
+    worker::{self, Command, LegSockets, StatsCell, WorkerHandle},
 };
+
+/// Commands that stop no forwarding (a leg added, a splice, a remote or timeout of an
+/// unspliced leg, an unspliced leg removed) wait in the queue for the next wake-up (a packet,
+/// a flush that must wait, the worker's tick, at most 100 ms) until this many are queued: a
+/// worker woken per request costs a context switch each on a busy core.
+const LAZY_BACKLOG: usize = 256;
 
 /// Bridge configuration.
 #[derive(Clone, Debug)]
@@ -45,6 +64,10 @@ pub struct BridgeConfig {
     pub clock_rate: u32,
     /// SO_RCVBUF / SO_SNDBUF of leg sockets (0: system default).
     pub socket_buffer: usize,
+    /// Wake workers only in [`Bridge::flush`] (one wake-up, and at most one wait, per batch of
+    /// commands) instead of flushing in every method. For owners that flush before they
+    /// acknowledge anything.
+    pub batch_wakes: bool,
 }
 
 impl Default for BridgeConfig {
@@ -59,6 +82,7 @@ impl Default for BridgeConfig {
             batch: 32,
             clock_rate: 8000,
             socket_buffer: 1 << 20,
+            batch_wakes: false,
         }
     }
 }
@@ -138,15 +162,42 @@ struct LegEntry {
     worker: usize,
     sockets: Arc<LegSockets>,
     info: LegInfo,
+    /// The splice it is in (the handle's view, kept in step with the worker's).
+    splice: Option<SpliceId>,
+    /// Statistics as of leaving a splice, once the worker has left them there.
+    snapshot: StatsCell,
+    /// The splice it left last (by unsplice): the snapshot that counts.
+    left: Option<SpliceId>,
+}
+
+struct SpliceEntry {
+    worker: usize,
+    legs: Vec<LegId>,
+}
+
+/// A released leg whose sockets the worker may still hold: its ports return to the pool once
+/// the handle holds the last reference (the worker has closed its side).
+struct Releasing {
+    ip: IpAddr,
+    port: u16,
+    sockets: Arc<LegSockets>,
 }
 
 struct Control {
     pools: HashMap<IpAddr, PortPool>,
     legs: HashMap<LegId, LegEntry>,
-    splices: HashMap<SpliceId, usize>,
+    splices: HashMap<SpliceId, SpliceEntry>,
     load: Vec<usize>,
     next_leg: u64,
     next_splice: u64,
+    /// Per worker: commands posted since its last wake-up.
+    posted: Vec<bool>,
+    /// Per worker: commands posted since its last wake-up.
+    backlog: Vec<usize>,
+    /// Per worker: a posted command stops forwarding; `flush` waits for it.
+    must_sync: Vec<bool>,
+    next_barrier: u64,
+    releasing: Vec<Releasing>,
 }
 
 /// The running bridge.
@@ -202,6 +253,11 @@ impl Bridge {
                 load: vec![0; n],
                 next_leg: 1,
                 next_splice: 1,
+                posted: vec![false; n],
+                must_sync: vec![false; n],
+                backlog: vec![0; n],
+                next_barrier: 1,
+                releasing: Vec::new(),
             }),
             workers,
             events,
@@ -233,6 +289,97 @@ impl Bridge {
         Ok(rx.recv().map_err(|_| BridgeError::WorkerGone)??)
     }
 
+    /// Queues a command for a worker without waiting; `sync`: it stops forwarding, so the
+    /// next [`Bridge::flush`] waits until the worker has applied it.
+    fn post(
+        &self,
+        c: &mut Control,
+        worker: usize,
+        cmd: Command,
+        sync: bool,
+    ) -> Result<(), BridgeError> {
+        let w = self.workers.get(worker).ok_or(BridgeError::WorkerGone)?;
+        if !w.post(cmd) {
+            return Err(BridgeError::WorkerGone);
+        }
+        c.posted[worker] = true;
+        c.backlog[worker] += 1;
+        c.must_sync[worker] |= sync;
+        if !self.cfg.batch_wakes {
+            // Unbatched: in effect when the method returns, as a direct caller expects.
+            self.flush_locked(c)?;
+        }
+        Ok(())
+    }
+
+    /// Puts in effect everything posted so far that stops forwarding: wakes each worker with
+    /// such a command queued and waits for it (once, however many are queued). When this
+    /// returns, no splice dissolved, leg released or remote replaced before forwards another
+    /// packet, not even one the worker had already read. Splices posted before are in effect
+    /// for every packet that arrives after they were posted (the worker applies its queue
+    /// before reading); the rest is applied at the worker's next wake-up, or within its tick
+    /// (100 ms). Failures of posted commands (which the handle's own checks make unexpected)
+    /// are logged and the first is returned.
+    pub fn flush(&self) -> Result<(), BridgeError> {
+        let mut c = self.control();
+        self.flush_locked(&mut c)
+    }
+
+    fn flush_locked(&self, c: &mut Control) -> Result<(), BridgeError> {
+        let mut result = Ok(());
+        for (i, w) in self.workers.iter().enumerate() {
+            if c.must_sync[i] {
+                let seq = c.next_barrier;
+                c.next_barrier += 1;
+                if !w.post(Command::Barrier { seq }) {
+                    result = Err(BridgeError::WorkerGone);
+                    continue;
+                }
+                w.wake();
+                c.posted[i] = false;
+                c.backlog[i] = 0;
+                c.must_sync[i] = false;
+                match w.wait_barrier(seq) {
+                    Some(failures) => {
+                        for f in &failures {
+                            tracing::error!(worker = i, error = %f, "posted bridge command failed");
+                        }
+                        if let (Some(f), Ok(())) = (failures.into_iter().next(), &result) {
+                            result = Err(BridgeError::Core(f));
+                        }
+                    }
+                    None => result = Err(BridgeError::WorkerGone),
+                }
+            } else if c.posted[i] && (c.backlog[i] >= LAZY_BACKLOG || !self.cfg.batch_wakes) {
+                w.wake();
+                c.posted[i] = false;
+                c.backlog[i] = 0;
+            }
+        }
+        self.reap(c);
+        result
+    }
+
+    /// Returns the ports of released legs whose sockets the workers have let go of.
+    fn reap(&self, c: &mut Control) {
+        if c.releasing.is_empty() {
+            return;
+        }
+        let now = self.now_ns();
+        let Control {
+            releasing, pools, ..
+        } = c;
+        releasing.retain(|r| {
+            if Arc::strong_count(&r.sockets) > 1 {
+                return true;
+            }
+            if let Some(p) = pools.get_mut(&r.ip) {
+                p.release(r.port, now);
+            }
+            false
+        });
+    }
+
     /// Events from the workers (first packet, latched, media timeout, errors).
     pub fn events(&self) -> &Receiver<BridgeEvent> {
         &self.events
@@ -244,28 +391,29 @@ impl Bridge {
     }
 
     fn bind_pair(&self, ip: IpAddr, port: u16, rtcp_mux: bool) -> std::io::Result<LegSockets> {
-        let bind = |port: u16| -> std::io::Result<UdpSocket> {
+        // Non-blocking from creation (no fcntl round trips). RTCP (about one packet in a
+        // hundred) keeps the system's default buffers: only the RTP socket gets big ones.
+        let bind = |port: u16, big_buffers: bool| -> std::io::Result<UdpSocket> {
             let s = RawSocket::new(
                 Domain::for_address(SocketAddr::new(ip, port)),
-                Type::DGRAM,
+                Type::DGRAM.nonblocking(),
                 Some(Protocol::UDP),
             )?;
             if ip.is_ipv6() {
                 s.set_only_v6(true)?;
             }
-            if self.cfg.socket_buffer > 0 {
+            if big_buffers && self.cfg.socket_buffer > 0 {
                 let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
                 let _ = s.set_send_buffer_size(self.cfg.socket_buffer);
             }
-            s.set_nonblocking(true)?;
             s.bind(&SocketAddr::new(ip, port).into())?;
             Ok(s.into())
         };
-        let rtp = bind(port)?;
+        let rtp = bind(port, true)?;
         let rtcp = if rtcp_mux {
             None
         } else {
-            Some(bind(port + 1)?)
+            Some(bind(port + 1, false)?)
         };
         Ok(LegSockets { rtp, rtcp })
     }
@@ -286,14 +434,27 @@ impl Bridge {
                     "IPv4"
                 }))?,
         };
-        let now = self.now_ns();
         let mut c = self.control();
+        self.reap(&mut c);
         // A port another process holds is skipped (and rests in quarantine); try a few.
         let mut last_err = None;
         let mut bound = None;
         for _ in 0..16 {
+            let now = self.now_ns();
             let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
-            let port = pool.allocate(now)?;
+            let port = match pool.allocate(now) {
+                Ok(p) => p,
+                Err(e) if !c.releasing.is_empty() => {
+                    // Released legs whose sockets a worker has not closed yet: let it catch
+                    // up, then their ports count again.
+                    c.must_sync.iter_mut().for_each(|s| *s = true);
+                    self.flush_locked(&mut c)?;
+                    let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
+                    pool.allocate(self.now_ns()).map_err(|_| e)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
             match self.bind_pair(ip, port, req.rtcp_mux) {
                 Ok(s) => {
                     bound = Some((port, s));
@@ -334,13 +495,22 @@ impl Bridge {
             srtp: req.srtp,
             media_timeout: self.cfg.media_timeout,
         };
-        let s2 = Arc::clone(&sockets);
-        self.call(worker, |reply| Command::AddLeg {
-            id,
-            sockets: s2,
-            opts,
-            reply,
-        })?;
+        let posted = self.post(
+            &mut c,
+            worker,
+            Command::AddLeg {
+                id,
+                sockets: Arc::clone(&sockets),
+                opts,
+            },
+            false,
+        );
+        if let Err(e) = posted {
+            if let Some(p) = c.pools.get_mut(&ip) {
+                p.release(port, self.now_ns());
+            }
+            return Err(e);
+        }
         c.load[worker] += 1;
         c.legs.insert(
             id,
@@ -348,6 +518,9 @@ impl Bridge {
                 worker,
                 sockets,
                 info,
+                splice: None,
+                snapshot: StatsCell::default(),
+                left: None,
             },
         );
         Ok(info)
@@ -361,24 +534,25 @@ impl Bridge {
             .ok_or(BridgeError::NoSuchLeg(leg))
     }
 
-    /// Sets (or, on re-INVITE, replaces) a leg's remote.
+    /// Sets (or, on re-INVITE, replaces) a leg's remote. Posted; on a spliced leg the next
+    /// [`Bridge::flush`] waits for it.
     pub fn set_remote(&self, leg: LegId, spec: RemoteSpec) -> Result<(), BridgeError> {
-        let w = self.worker_of(leg)?;
-        self.call(w, |reply| Command::SetRemote {
-            id: leg,
-            spec,
-            reply,
-        })
+        let mut c = self.control();
+        let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        let (w, spliced) = (e.worker, e.splice.is_some());
+        self.post(&mut c, w, Command::SetRemote { id: leg, spec }, spliced)
     }
 
-    /// Sets a leg's media timeout (0: none).
+    /// Sets a leg's media timeout (0: none). Posted.
     pub fn set_media_timeout(&self, leg: LegId, timeout: Duration) -> Result<(), BridgeError> {
-        let w = self.worker_of(leg)?;
-        self.call(w, |reply| Command::SetMediaTimeout {
-            id: leg,
-            timeout,
-            reply,
-        })
+        let mut c = self.control();
+        let w = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?.worker;
+        self.post(
+            &mut c,
+            w,
+            Command::SetMediaTimeout { id: leg, timeout },
+            false,
+        )
     }
 
     /// Marks the leg's outgoing packets with a DSCP (IP_TOS / IPV6_TCLASS), or clears it.
@@ -408,8 +582,10 @@ impl Bridge {
         Ok(())
     }
 
-    /// Splices legs (two: a call; more: one-to-many; half duplex: push-to-talk). Takes effect
-    /// on the next packet.
+    /// Splices legs (two: a call; more: one-to-many; half duplex: push-to-talk). Posted
+    /// without a wait even in [`Bridge::flush`]: the worker applies queued commands before it
+    /// reads any socket, so every packet that arrives after this returns is forwarded (one
+    /// already read and being dropped as unspliced stays dropped: it came before).
     pub fn splice(&self, legs: &[LegId], mode: SpliceMode) -> Result<SpliceId, BridgeError> {
         let mut c = self.control();
         let first = *legs.first().ok_or(CoreError::TooFewLegs)?;
@@ -418,12 +594,28 @@ impl Bridge {
             .get(&first)
             .ok_or(BridgeError::NoSuchLeg(first))?
             .worker;
+        // The worker's checks, here, so that the posted command cannot fail.
+        let mut distinct: Vec<LegId> = Vec::with_capacity(legs.len());
         for &leg in legs {
+            let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+            if let Some(s) = e.splice {
+                return Err(CoreError::AlreadySpliced(leg, s).into());
+            }
+            if !distinct.contains(&leg) {
+                distinct.push(leg);
+            }
+        }
+        if distinct.len() < 2 {
+            return Err(CoreError::TooFewLegs.into());
+        }
+        for &leg in &distinct {
             let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
             if e.worker == home {
                 continue;
             }
             let from = e.worker;
+            // Moving a leg is a round trip each way; commands posted to either worker before
+            // are applied first (their queues are in order).
             let (detached, sockets) =
                 self.call(from, |reply| Command::Detach { id: leg, reply })?;
             self.call(home, |reply| Command::Attach {
@@ -439,14 +631,28 @@ impl Bridge {
         }
         let id = SpliceId(c.next_splice);
         c.next_splice += 1;
-        let legs = legs.to_vec();
-        self.call(home, |reply| Command::Splice {
+        self.post(
+            &mut c,
+            home,
+            Command::Splice {
+                id,
+                legs: distinct.clone(),
+                mode,
+            },
+            false,
+        )?;
+        for leg in &distinct {
+            if let Some(e) = c.legs.get_mut(leg) {
+                e.splice = Some(id);
+            }
+        }
+        c.splices.insert(
             id,
-            legs,
-            mode,
-            reply,
-        })?;
-        c.splices.insert(id, home);
+            SpliceEntry {
+                worker: home,
+                legs: distinct,
+            },
+        );
         Ok(id)
     }
 
@@ -463,7 +669,11 @@ impl Bridge {
         let mut c = self.control();
         let mut home = None;
         for id in remove {
-            let w = *c.splices.get(id).ok_or(BridgeError::NoSuchSplice(*id))?;
+            let w = c
+                .splices
+                .get(id)
+                .ok_or(BridgeError::NoSuchSplice(*id))?
+                .worker;
             match home {
                 None => home = Some(w),
                 Some(h) if h != w => {
@@ -518,11 +728,33 @@ impl Bridge {
             add: groups,
             reply,
         })?;
+        // The handle's view follows the worker's (the call above applied everything).
         for id in remove {
-            c.splices.remove(id);
+            for leg in c.splices.remove(id).map(|s| s.legs).unwrap_or_default() {
+                if let Some(e) = c.legs.get_mut(&leg) {
+                    e.splice = None;
+                    // No snapshot for this leaving: statistics come from the worker.
+                    e.left = None;
+                }
+            }
         }
-        for id in &ids {
-            c.splices.insert(*id, home);
+        for (id, (legs, _)) in ids.iter().zip(add) {
+            let mut distinct: Vec<LegId> = Vec::with_capacity(legs.len());
+            for &leg in legs {
+                if !distinct.contains(&leg) {
+                    distinct.push(leg);
+                }
+                if let Some(e) = c.legs.get_mut(&leg) {
+                    e.splice = Some(*id);
+                }
+            }
+            c.splices.insert(
+                *id,
+                SpliceEntry {
+                    worker: home,
+                    legs: distinct,
+                },
+            );
         }
         Ok(ids)
     }
@@ -538,25 +770,43 @@ impl Bridge {
         })
     }
 
-    /// Dissolves a splice; its legs stay provisioned and can be spliced again.
+    /// Dissolves a splice; its legs stay provisioned and can be spliced again. Posted;
+    /// [`Bridge::flush`] waits for it. The worker leaves each leg's statistics as of this
+    /// moment for [`Bridge::settled_stats`].
     pub fn unsplice(&self, splice: SpliceId) -> Result<Vec<LegId>, BridgeError> {
         let mut c = self.control();
-        let w = *c
+        let s = c
             .splices
-            .get(&splice)
+            .remove(&splice)
             .ok_or(BridgeError::NoSuchSplice(splice))?;
-        let legs = self.call(w, |reply| Command::Unsplice { id: splice, reply })?;
-        c.splices.remove(&splice);
-        Ok(legs)
+        let mut publish = Vec::with_capacity(s.legs.len());
+        for leg in &s.legs {
+            if let Some(e) = c.legs.get_mut(leg) {
+                e.splice = None;
+                e.left = Some(splice);
+                publish.push((*leg, Arc::clone(&e.snapshot)));
+            }
+        }
+        self.post(
+            &mut c,
+            s.worker,
+            Command::Unsplice {
+                id: splice,
+                publish,
+            },
+            true,
+        )?;
+        Ok(s.legs)
     }
 
     /// Grants the floor of a half-duplex splice to a leg, or frees it.
     pub fn grant_floor(&self, splice: SpliceId, leg: Option<LegId>) -> Result<(), BridgeError> {
-        let w = *self
+        let w = self
             .control()
             .splices
             .get(&splice)
-            .ok_or(BridgeError::NoSuchSplice(splice))?;
+            .ok_or(BridgeError::NoSuchSplice(splice))?
+            .worker;
         self.call(w, |reply| Command::GrantFloor {
             id: splice,
             leg,
@@ -566,36 +816,87 @@ impl Bridge {
 
     /// Who holds the floor of a half-duplex splice.
     pub fn floor_holder(&self, splice: SpliceId) -> Result<Option<LegId>, BridgeError> {
-        let w = *self
+        let w = self
             .control()
             .splices
             .get(&splice)
-            .ok_or(BridgeError::NoSuchSplice(splice))?;
+            .ok_or(BridgeError::NoSuchSplice(splice))?
+            .worker;
         self.call(w, |reply| Command::FloorHolder { id: splice, reply })
     }
 
     /// Releases a leg: closes its sockets (unsplicing it first) and returns its ports to the
-    /// pool, which hands them out again only after the quarantine.
+    /// pool, which hands them out again only after the quarantine. Posted: the sockets close
+    /// when the worker has let go of them (a spliced leg: by the next [`Bridge::flush`]), and
+    /// the ports go to the pool after that.
     pub fn release(&self, leg: LegId) -> Result<(), BridgeError> {
         let mut c = self.control();
         let e = c.legs.remove(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
-        let r = self.call(e.worker, |reply| Command::RemoveLeg { id: leg, reply });
         c.load[e.worker] = c.load[e.worker].saturating_sub(1);
-        if let Ok(Some(dissolved)) = &r {
-            c.splices.remove(dissolved);
+        // What the worker does: leave the splice, dissolving it when fewer than two legs
+        // remain.
+        let spliced = e.splice.is_some();
+        if let Some(sid) = e.splice
+            && let Some(s) = c.splices.get_mut(&sid)
+        {
+            s.legs.retain(|&l| l != leg);
+            if s.legs.len() < 2 {
+                let rest = std::mem::take(&mut s.legs);
+                c.splices.remove(&sid);
+                for l in rest {
+                    if let Some(other) = c.legs.get_mut(&l) {
+                        other.splice = None;
+                        // No snapshot for this leaving: statistics come from the worker.
+                        other.left = None;
+                    }
+                }
+            }
         }
-        drop(e.sockets);
-        let now = self.now_ns();
-        if let Some(p) = c.pools.get_mut(&e.info.rtp.ip()) {
-            p.release(e.info.rtp.port(), now);
-        }
-        r.map(|_| ())
+        let r = self.post(&mut c, e.worker, Command::RemoveLeg { id: leg }, spliced);
+        c.releasing.push(Releasing {
+            ip: e.info.rtp.ip(),
+            port: e.info.rtp.port(),
+            sockets: e.sockets,
+        });
+        self.reap(&mut c);
+        r
     }
 
-    /// Statistics of a leg.
+    /// Statistics of a leg (a round trip to its worker: exact, and after everything posted).
     pub fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
         let w = self.worker_of(leg)?;
         self.call(w, |reply| Command::Stats { id: leg, reply })
+    }
+
+    /// Statistics of a leg, without a round trip when it can: for a leg unspliced since it
+    /// was last spliced, the counters as of that unsplice (after a [`Bridge::flush`], or this
+    /// call flushes once), with `idle` brought up to now. What it received after the unsplice
+    /// (nothing is forwarded) is not counted. Otherwise as [`Bridge::stats`].
+    pub fn settled_stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
+        let cell = {
+            let c = self.control();
+            let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+            match (e.splice, e.left) {
+                (None, Some(left)) => Some((Arc::clone(&e.snapshot), left)),
+                _ => None,
+            }
+        };
+        if let Some((cell, left)) = cell {
+            for attempt in 0..2 {
+                let snap = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some((from, mut st, at_ns)) = snap
+                    && from == left
+                {
+                    let later = Duration::from_nanos(self.now_ns().saturating_sub(at_ns));
+                    st.idle = st.idle.map(|d| d + later);
+                    return Ok(st);
+                }
+                if attempt == 0 {
+                    self.flush()?;
+                }
+            }
+        }
+        self.stats(leg)
     }
 
     /// Local addresses of a leg.

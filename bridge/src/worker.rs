@@ -13,7 +13,7 @@ use std::{
     io,
     net::UdpSocket,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -33,6 +33,8 @@ const ROUNDS_PER_WAKE: usize = 4;
 /// How often media timeouts are checked.
 const TICK: Duration = Duration::from_millis(100);
 const WAKE_TOKEN: u64 = u64::MAX;
+/// Failures of posted commands kept for the next barrier (the rest are only logged).
+const MAX_FAILURES: usize = 64;
 
 /// The sockets of a leg, shared between the owner's handle (for setsockopt) and the worker.
 #[derive(Debug)]
@@ -45,37 +47,41 @@ pub struct LegSockets {
 
 type Reply<T> = Sender<Result<T, CoreError>>;
 
-/// A control change for a worker.
+/// Where the worker leaves a leg's statistics for the owner to read without a round trip: the
+/// snapshot taken when the leg left a splice (its counters as of the end of forwarding), the
+/// splice, and the worker's clock (nanoseconds since the bridge's epoch) at that moment.
+/// Written and read on the control path only, never by the packet path.
+pub type StatsCell = Arc<Mutex<Option<(SpliceId, LegStats, u64)>>>;
+
+/// A control change for a worker. Commands without a reply channel are *posted*: the owner
+/// does not wait for them; they are applied in order, and a [`Command::Barrier`] reports the
+/// failures of posted commands since the previous barrier.
 pub enum Command {
     AddLeg {
         id: LegId,
         sockets: Arc<LegSockets>,
         opts: LegOptions,
-        reply: Reply<()>,
     },
     RemoveLeg {
         id: LegId,
-        reply: Reply<Option<SpliceId>>,
     },
     SetRemote {
         id: LegId,
         spec: RemoteSpec,
-        reply: Reply<()>,
     },
     SetMediaTimeout {
         id: LegId,
         timeout: Duration,
-        reply: Reply<()>,
     },
     Splice {
         id: SpliceId,
         legs: Vec<LegId>,
         mode: SpliceMode,
-        reply: Reply<()>,
     },
+    /// Dissolves a splice and leaves each leg's statistics in its cell.
     Unsplice {
         id: SpliceId,
-        reply: Reply<Vec<LegId>>,
+        publish: Vec<(LegId, StatsCell)>,
     },
     GrantFloor {
         id: SpliceId,
@@ -111,22 +117,53 @@ pub enum Command {
         fork: Option<Fork>,
         reply: Reply<()>,
     },
+    /// Everything posted before is applied: acknowledge `seq` with the failures of posted
+    /// commands since the last barrier.
+    Barrier {
+        seq: u64,
+    },
     Shutdown,
 }
+
+/// A barrier's acknowledgement: its sequence number and the posted commands that failed.
+pub type BarrierAck = (u64, Vec<CoreError>);
 
 /// The owner's side of a worker.
 pub struct WorkerHandle {
     tx: Sender<Command>,
     wake: OwnedFd,
+    acks: Receiver<BarrierAck>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WorkerHandle {
     /// Sends a command and wakes the worker.
     pub fn send(&self, cmd: Command) -> bool {
-        if self.tx.send(cmd).is_err() {
-            return false;
+        self.post(cmd) && {
+            self.wake();
+            true
         }
+    }
+
+    /// Queues a command without waking the worker (it is applied at the next wake-up, or
+    /// within one tick at the latest).
+    pub fn post(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// Waits for the acknowledgement of barrier `seq` (earlier ones are skipped); `None` when
+    /// the worker is gone.
+    pub fn wait_barrier(&self, seq: u64) -> Option<Vec<CoreError>> {
+        loop {
+            let (s, failures) = self.acks.recv().ok()?;
+            if s == seq {
+                return Some(failures);
+            }
+        }
+    }
+
+    /// Wakes the worker (one eventfd write, whatever number of commands is queued).
+    pub fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes to an eventfd.
         unsafe {
@@ -136,7 +173,6 @@ impl WorkerHandle {
                 8,
             )
         };
-        true
     }
 
     /// Stops the worker and waits for it.
@@ -173,6 +209,9 @@ struct Worker {
     epoll: OwnedFd,
     wake: RawFd,
     cmds: Receiver<Command>,
+    acks: Sender<BarrierAck>,
+    /// Posted commands that failed since the last barrier.
+    failures: Vec<CoreError>,
     events_tx: Sender<BridgeEvent>,
     sockets: Vec<Option<Arc<LegSockets>>>,
     recv: RecvBatch,
@@ -212,6 +251,7 @@ pub fn spawn(
         )
     })?;
     let (tx, rx) = crossbeam_channel::unbounded();
+    let (acks_tx, acks) = crossbeam_channel::unbounded();
     let wake_raw = wake.as_raw_fd();
     let thread = std::thread::Builder::new()
         .name(format!("rtpedge-w{index}"))
@@ -221,6 +261,8 @@ pub fn spawn(
                 epoll,
                 wake: wake_raw,
                 cmds: rx,
+                acks: acks_tx,
+                failures: Vec::new(),
                 events_tx,
                 sockets: Vec::new(),
                 recv: RecvBatch::new(batch),
@@ -237,6 +279,7 @@ pub fn spawn(
     Ok(WorkerHandle {
         tx,
         wake,
+        acks,
         thread: Some(thread),
     })
 }
@@ -266,6 +309,11 @@ impl Worker {
                     return;
                 }
                 continue;
+            }
+            // Commands posted without a wake-up (a splice) are in effect before any socket is
+            // read: a packet that arrives after the owner posted a splice is forwarded.
+            if !self.cmds.is_empty() {
+                self.drain_commands();
             }
             for ev in events.iter().take(n as usize) {
                 let token = ev.u64;
@@ -462,56 +510,47 @@ impl Worker {
     fn drain_commands(&mut self) {
         while let Ok(cmd) = self.cmds.try_recv() {
             let now = self.now_ns();
-            match cmd {
-                Command::AddLeg {
-                    id,
-                    sockets,
-                    opts,
-                    reply,
-                } => {
+            let r = match cmd {
+                Command::AddLeg { id, sockets, opts } => {
                     let slot = self.core.add_leg(id, opts, now);
-                    let r = self.register(slot, &sockets);
-                    if let Err(e) = r {
+                    if let Err(e) = self.register(slot, &sockets) {
                         let _ = self.core.remove_leg(id);
                         self.out.events.push(BridgeEvent::Error {
                             leg: id,
                             message: format!("epoll registration failed: {e}"),
                         });
                     }
-                    let _ = reply.send(Ok(()));
+                    Ok(())
                 }
-                Command::RemoveLeg { id, reply } => {
-                    let r = self.core.remove_leg(id).map(|(slot, dissolved)| {
-                        self.deregister(slot);
-                        dissolved
-                    });
-                    let _ = reply.send(r);
+                Command::RemoveLeg { id } => self.core.remove_leg(id).map(|(slot, _)| {
+                    // The worker's reference to the sockets goes here; the owner closes
+                    // them (and frees the ports) once it holds the last one.
+                    drop(self.deregister(slot));
+                }),
+                Command::SetRemote { id, spec } => self.core.set_remote(id, spec, now),
+                Command::SetMediaTimeout { id, timeout } => {
+                    self.core.set_media_timeout(id, timeout)
                 }
-                Command::SetRemote { id, spec, reply } => {
-                    let _ = reply.send(self.core.set_remote(id, spec, now));
-                }
-                Command::SetMediaTimeout { id, timeout, reply } => {
-                    let _ = reply.send(self.core.set_media_timeout(id, timeout));
-                }
-                Command::Splice {
-                    id,
-                    legs,
-                    mode,
-                    reply,
-                } => {
-                    let _ = reply.send(self.core.splice(id, &legs, mode, now));
-                }
-                Command::Unsplice { id, reply } => {
-                    let _ = reply.send(self.core.unsplice(id));
+                Command::Splice { id, legs, mode } => self.core.splice(id, &legs, mode, now),
+                Command::Unsplice { id, publish } => {
+                    let r = self.core.unsplice(id).map(|_| ());
+                    for (leg, cell) in publish {
+                        let snapshot = self.core.stats(leg, now).ok().map(|s| (id, s, now));
+                        *cell.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+                    }
+                    r
                 }
                 Command::GrantFloor { id, leg, reply } => {
                     let _ = reply.send(self.core.grant_floor(id, leg, now));
+                    Ok(())
                 }
                 Command::FloorHolder { id, reply } => {
                     let _ = reply.send(self.core.floor_holder(id));
+                    Ok(())
                 }
                 Command::Stats { id, reply } => {
                     let _ = reply.send(self.core.stats(id, now));
+                    Ok(())
                 }
                 Command::Detach { id, reply } => {
                     let r = self.core.detach(id).and_then(|(slot, leg)| {
@@ -520,6 +559,7 @@ impl Worker {
                             .ok_or(CoreError::NoSuchLeg(id))
                     });
                     let _ = reply.send(r);
+                    Ok(())
                 }
                 Command::Attach {
                     leg,
@@ -536,14 +576,33 @@ impl Worker {
                         });
                     }
                     let _ = reply.send(Ok(()));
+                    Ok(())
                 }
                 Command::Resplice { remove, add, reply } => {
                     let _ = reply.send(self.core.resplice(&remove, &add, now));
+                    Ok(())
                 }
                 Command::SetFork { id, fork, reply } => {
                     let _ = reply.send(self.core.set_fork(id, fork));
+                    Ok(())
                 }
-                Command::Shutdown => self.running = false,
+                Command::Barrier { seq } => {
+                    self.flush_events();
+                    let _ = self.acks.send((seq, std::mem::take(&mut self.failures)));
+                    Ok(())
+                }
+                Command::Shutdown => {
+                    self.running = false;
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                // The owner checks what it posts against its own view; this is a bug, or a
+                // leg lost to a failed registration. Reported at the next barrier.
+                tracing::warn!(error = %e, "bridge command failed");
+                if self.failures.len() < MAX_FAILURES {
+                    self.failures.push(e);
+                }
             }
         }
         self.flush_events();

@@ -426,3 +426,61 @@ fn raise_fd_limit(n: u64) {
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
     }
 }
+
+/// Batched wake-ups (the daemon's mode): commands are posted and put in effect by `flush`,
+/// which is what the owner does before acknowledging a request.
+#[test]
+fn batched_commands_take_effect_at_flush() {
+    let br = Bridge::start(BridgeConfig {
+        addresses: vec!["127.0.0.1".parse().unwrap()],
+        port_min: 26000,
+        port_max: 26007,
+        workers: 1,
+        quarantine: Duration::ZERO,
+        batch_wakes: true,
+        ..BridgeConfig::default()
+    })
+    .unwrap();
+    let c = call(&br, "127.0.0.1");
+    br.splice(&[c.a.id, c.b.id], SpliceMode::Full).unwrap();
+    // The handle checks what the worker would refuse, before posting.
+    assert!(br.splice(&[c.a.id, c.b.id], SpliceMode::Full).is_err());
+    assert!(br.splice(&[c.a.id, c.a.id], SpliceMode::Full).is_err());
+    br.flush().unwrap();
+    c.caller.send(c.a.rtp, &rtp(1, 1, b"spliced"));
+    assert_eq!(
+        c.callee.drain().len(),
+        1,
+        "the splice is in effect after flush"
+    );
+    c.callee.send(c.b.rtp, &rtp(2, 1, b"back"));
+    assert_eq!(c.caller.drain().len(), 1);
+
+    // Unsplice: nothing is forwarded once flush returns; the counters as of the unsplice are
+    // readable without a round trip and equal the exact ones.
+    let splice = br.stats(c.a.id).unwrap().splice.unwrap();
+    br.unsplice(splice).unwrap();
+    br.flush().unwrap();
+    let settled = br.settled_stats(c.a.id).unwrap();
+    let exact = br.stats(c.a.id).unwrap();
+    assert_eq!(settled.counters, exact.counters);
+    assert_eq!(settled.counters.packets_in, 1);
+    assert_eq!(br.settled_stats(c.b.id).unwrap().counters.packets_in, 1);
+    c.caller.send(c.a.rtp, &rtp(1, 2, b"after the unsplice"));
+    assert!(c.callee.drain().is_empty());
+
+    // Released legs: their sockets close once the worker lets go, and their ports come back
+    // (quarantine 0) even when the pool is exhausted meanwhile.
+    br.release(c.a.id).unwrap();
+    br.release(c.b.id).unwrap();
+    let legs: Vec<_> = (0..4)
+        .map(|_| br.provision(LegRequest::default()).unwrap())
+        .collect();
+    assert_eq!(
+        legs.len(),
+        4,
+        "all four pairs of 26000-26007 handed out again"
+    );
+    assert!(br.provision(LegRequest::default()).is_err());
+    assert_eq!(br.leg_count(), 4);
+}

@@ -13,6 +13,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use rtpedge::daemon::config::{self, FileBilling, FileConfig, FileDscp, FileTimeouts};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rtpedge",

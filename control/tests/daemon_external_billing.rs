@@ -208,6 +208,14 @@ fn an_external_billing_system_grants_denies_and_exhausts_credit() {
         let err = wait_for(&mut billing, &mut seen, |f| f.correlation == Some(bad)).await;
         assert_eq!(err.code, Some(501), "{err:?}");
     });
-    let (_, cdr) = http(d.http, "GET", "/v1/cdrs?call_id=ext-2", "");
+    // CDRs are written asynchronously (batched by the writer): poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let cdr = loop {
+        let (_, cdr) = http(d.http, "GET", "/v1/cdrs?call_id=ext-2", "");
+        if cdr.contains("credit-exhausted") || Instant::now() > deadline {
+            break cdr;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(cdr.contains("credit-exhausted"), "{cdr}");
 }

@@ -648,6 +648,16 @@ impl std::fmt::Debug for ChannelHub {
 }
 
 impl ChannelHub {
+    /// Whether any session subscribes to `package` (so a caller can skip building a body
+    /// nobody would receive).
+    pub fn has_subscribers(&self, package: &str) -> bool {
+        self.shared
+            .lock()
+            .sessions
+            .values()
+            .any(|e| e.subscriptions.iter().any(|p| p == package))
+    }
+
     /// Queues a `message` to every session subscribed to `body.package` (attached or not:
     /// a detached session gets it on resume).
     pub fn publish(&self, body: Body) -> Published {

@@ -1,7 +1,8 @@
 //! The `rtpedge` daemon: wires the session engine to its I/O. One control thread owns the
-//! engine (no lock around it): it waits on its inputs — ng datagrams (read by their own
-//! thread), bridge events — and wakes exactly at the engine's next deadline; requests are
-//! answered in order. The bridge's workers carry the media; the CDR writer has its own thread;
+//! engine (no lock around it): it waits on its inputs — the ng socket, which it reads itself,
+//! and a doorbell for the rarer ones (HTTP API, event channel, bridge events), forwarded by a
+//! small inbox thread — and wakes exactly at the engine's next deadline; requests are answered
+//! in order, each batch of them after one bridge flush. The bridge's workers carry the media; the CDR writer has its own thread;
 //! the XDP data plane is attached (or re-opened from its pins) at start-up and outlives the
 //! daemon.
 //!
@@ -10,10 +11,12 @@
 
 pub mod config;
 pub mod metrics;
+pub mod wait;
 
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -100,50 +103,13 @@ fn memory_dataplane(cfg: &Config) -> FakeDataplane {
     FakeDataplane::new().with_port_range(cfg.ports.0, cfg.ports.1)
 }
 
-/// What the control thread reacts to, besides bridge events and timers.
-enum Input {
-    /// An ng request datagram.
-    Ng { datagram: Vec<u8>, from: SocketAddr },
-}
-
 /// Longest the control thread sleeps without looking at the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// How often metered calls' byte counts are fed to credit control.
 const USAGE_EVERY: Duration = Duration::from_secs(1);
 
-/// Reads ng datagrams into the control thread's input channel.
-fn spawn_ng_reader(
-    sock: UdpSocket,
-    tx: Sender<Input>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    sock.set_read_timeout(Some(MAX_WAIT))
-        .context("ng socket timeout")?;
-    std::thread::Builder::new()
-        .name("rtpedge-ng".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !stop.load(Ordering::Relaxed) {
-                match sock.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        let datagram = buf[..n].to_vec();
-                        if tx.send(Input::Ng { datagram, from }).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock
-                                | std::io::ErrorKind::TimedOut
-                                | std::io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => tracing::warn!(error = %e, "ng socket"),
-                }
-            }
-        })
-        .context("starting the ng reader")
-}
+/// Most ng requests handled before their replies are sent (one bridge flush for them all).
+const NG_BATCH: usize = 32;
 
 /// Starts the HTTP API on its own thread (a small tokio runtime), with its own CDR store
 /// connection for reports.
@@ -202,6 +168,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             workers: cfg.workers,
             media_timeout: cfg.media_timeout,
             quarantine: cfg.port_quarantine,
+            // The control thread flushes before every ng reply and after every round of its
+            // loop: one worker wake-up (and at most one wait) per request, not per command.
+            batch_wakes: true,
             ..BridgeConfig::default()
         })
         .context("starting the media bridge")?,
@@ -277,9 +246,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let mut pending: HashMap<(SessionId, u64), RequestId> = HashMap::new();
     let sock =
         UdpSocket::bind(cfg.ng).with_context(|| format!("binding the ng socket {}", cfg.ng))?;
-    let reply_sock = sock.try_clone().context("ng socket")?;
-    let (tx, inputs) = crossbeam_channel::unbounded();
-    let reader = spawn_ng_reader(sock, tx, Arc::clone(&stop))?;
+    sock.set_nonblocking(true).context("ng socket")?;
     let mut ng = NgServer::new(cfg.advertised_addresses.clone())
         .with_account_mapping(cfg.account_mapping.clone());
     tracing::info!(
@@ -294,9 +261,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Some(addr) => Some(spawn_api(addr, &cfg.cdr_db, api_tx)?),
         None => None,
     };
-    let media_events = bridge.events().clone();
+    // The control thread reads the ng socket itself; the rarer inputs come through the inbox.
+    let bell = Arc::new(wait::Doorbell::new().context("control doorbell")?);
+    let (inbox, inbox_thread) = wait::spawn_inbox(
+        api_requests,
+        hub_events,
+        bridge.events().clone(),
+        Arc::clone(&bell),
+        Arc::clone(&stop),
+    )
+    .context("starting the control inbox")?;
+    let mut buf = vec![0u8; 65536];
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(NG_BATCH);
     while !stop.load(Ordering::Relaxed) {
-        // Sleep until the next input, bridge event or engine deadline: timers fire on time
+        // Sleep until the next request, other input or engine deadline: timers fire on time
         // (a credit cut must stop media within milliseconds), not at a polling tick.
         let deadline = [
             engine.poll_timeout(),
@@ -306,57 +284,91 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .min();
-        let wait = deadline.map_or(MAX_WAIT, |t| {
+        let timeout = deadline.map_or(MAX_WAIT, |t| {
             t.saturating_duration_since(Instant::now()).min(MAX_WAIT)
         });
-        crossbeam_channel::select! {
-            recv(inputs) -> input => match input {
-                Ok(Input::Ng { datagram, from }) => {
-                    let now = Timestamp::now();
-                    if let Some(reply) = ng.handle(&mut engine, &mut charging, &datagram, from, now)
-                        && let Err(e) = reply_sock.send_to(&reply, from)
-                    {
-                        tracing::warn!(%from, error = %e, "sending ng reply");
+        let ready = match wait::wait(sock.as_raw_fd(), &bell, timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for input");
+                std::thread::sleep(Duration::from_millis(10));
+                wait::Ready::default()
+            }
+        };
+        if ready.ng {
+            // Every request waiting (up to a batch), then one bridge flush, then the replies:
+            // what the requests changed in the bridge is in effect before a reply acknowledges
+            // it (a splice forwards, a deleted call forwards nothing).
+            for _ in 0..NG_BATCH {
+                let (n, from) = match sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ICMP errors of earlier replies surface here; keep reading.
+                        tracing::debug!(error = %e, "ng socket");
+                        continue;
                     }
+                };
+                let now = Timestamp::now();
+                if let Some(reply) = ng.handle(&mut engine, &mut charging, &buf[..n], from, now) {
+                    replies.push((reply, from));
                 }
-                Err(_) => break,
-            },
-            recv(api_requests) -> req => {
-                if let Ok(ApiRequest { call, reply }) = req {
-                    let answer = match call {
-                        ApiCall::Service(call_id, req) => ApiAnswer::Service(
-                            insert_service(&mut engine, &mut charging, hub.as_ref(), &call_id, &req)
+            }
+            if let Err(e) = bridge.flush() {
+                tracing::error!(error = %e, "bridge flush");
+            }
+            for (to, e) in wait::send_all(sock.as_raw_fd(), &replies) {
+                tracing::warn!(%to, error = %e, "sending ng reply");
+            }
+            replies.clear();
+        }
+        if ready.inbox {
+            bell.quiet();
+            while let Ok(item) = inbox.try_recv() {
+                match item {
+                    wait::Inbox::Api(ApiRequest { call, reply }) => {
+                        let answer = match call {
+                            ApiCall::Service(call_id, req) => ApiAnswer::Service(
+                                insert_service(
+                                    &mut engine,
+                                    &mut charging,
+                                    hub.as_ref(),
+                                    &call_id,
+                                    &req,
+                                )
                                 .map_err(|e| (e.http_status(), e.code(), e.to_string())),
-                        ),
-                        other => answer_api(other, &engine, &mut charging, &ng, ender.as_ref()),
-                    };
-                    let _ = reply.send(answer);
-                }
-            },
-            recv(hub_events) -> ev => {
-                if let (Ok(ev), Some(hub)) = (ev, hub.as_ref()) {
-                    match ev {
-                        HubEvent::Request(inc)
-                            if inc.body.package == "call" && inc.body.action == "SERVICE" =>
-                        {
-                            service_request(inc, hub, &mut engine, &mut charging);
+                            ),
+                            other => answer_api(other, &engine, &mut charging, &ng, ender.as_ref()),
+                        };
+                        // What a service changed in the bridge is in effect before the answer.
+                        if let Err(e) = bridge.flush() {
+                            tracing::error!(error = %e, "bridge flush");
                         }
-                        HubEvent::Request(inc) if is_charged(&inc) => {
-                            on_charged(inc, true, hub, &mut charging, &writer);
-                        }
-                        HubEvent::Message(inc) if is_charged(&inc) => {
-                            on_charged(inc, false, hub, &mut charging, &writer);
-                        }
-                        ev => on_hub_event(ev, hub, &mut charging, &mut pending),
+                        let _ = reply.send(answer);
                     }
+                    wait::Inbox::Hub(ev) => {
+                        if let Some(hub) = hub.as_ref() {
+                            match ev {
+                                HubEvent::Request(inc)
+                                    if inc.body.package == "call"
+                                        && inc.body.action == "SERVICE" =>
+                                {
+                                    service_request(inc, hub, &mut engine, &mut charging, &bridge);
+                                }
+                                HubEvent::Request(inc) if is_charged(&inc) => {
+                                    on_charged(inc, true, hub, &mut charging, &writer);
+                                }
+                                HubEvent::Message(inc) if is_charged(&inc) => {
+                                    on_charged(inc, false, hub, &mut charging, &writer);
+                                }
+                                ev => on_hub_event(ev, hub, &mut charging, &mut pending),
+                            }
+                        }
+                    }
+                    wait::Inbox::Media(ev) => engine.handle_media_event(Timestamp::now(), ev),
                 }
-            },
-            recv(media_events) -> ev => {
-                if let Ok(ev) = ev {
-                    engine.handle_media_event(Timestamp::now(), ev);
-                }
-            },
-            default(wait) => {}
+            }
         }
         let now = Timestamp::now();
         if engine.poll_timeout().is_some_and(|t| t <= now.mono) {
@@ -393,6 +405,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             hub.as_ref(),
             ender.as_ref(),
         );
+        // Timers, cuts and releases of this round reach the bridge now.
+        if let Err(e) = bridge.flush() {
+            tracing::error!(error = %e, "bridge flush");
+        }
         if let Some(hub) = &hub {
             dispatch_billing(&mut charging, hub, &mut pending);
         }
@@ -409,6 +425,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         hub.as_ref(),
         ender.as_ref(),
     );
+    if let Err(e) = bridge.flush() {
+        tracing::error!(error = %e, "bridge flush");
+    }
     if let Some(hub) = &hub {
         dispatch_billing(&mut charging, hub, &mut pending);
     }
@@ -419,7 +438,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::error!("CDR writer did not finish within 10 s");
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
+    let _ = inbox_thread.join();
     Ok(())
 }
 
@@ -443,7 +462,8 @@ fn drain<M: crate::engine::MediaPlane, D: Dataplane>(
                 {
                     ender.end(&cdr.call_id, &cdr.from_tag, to_tag);
                 }
-                if let Some(hub) = hub {
+                // The notification (a JSON CDR) is built only when someone subscribed.
+                if let Some(hub) = hub.filter(|h| h.has_subscribers("call")) {
                     let event = if cdr.end_at.is_some() {
                         "ended"
                     } else {
@@ -513,6 +533,7 @@ fn service_request<M: crate::engine::MediaPlane, D: Dataplane>(
     hub: &ChannelHub,
     engine: &mut Engine<M, D>,
     charging: &mut Charging,
+    bridge: &Bridge,
 ) {
     let req_ref = inc.request_ref();
     let p = &inc.body.payload;
@@ -521,6 +542,10 @@ fn service_request<M: crate::engine::MediaPlane, D: Dataplane>(
         Some(call_id) => ServiceRequest::from_json(p)
             .and_then(|req| insert_service(engine, charging, Some(hub), call_id, &req)),
     };
+    // What the service changed in the bridge is in effect before the answer.
+    if let Err(e) = bridge.flush() {
+        tracing::error!(error = %e, "bridge flush");
+    }
     let sent = match result {
         Ok(v) => hub.respond(&req_ref, Body::new("call", "SERVICE", v)),
         Err(e) => hub.respond_error(&req_ref, e.http_status(), &format!("{}: {e}", e.code())),

@@ -15,6 +15,13 @@ use rtpedge_bridge::{
 };
 
 /// Operations the engine needs from the bridge.
+///
+/// Changes (`set_remote`, `set_media_timeout`, `splice`, `unsplice`, `release`) may be applied
+/// asynchronously, in order: they are checked when called (an error comes back at once), and
+/// are in effect when [`MediaPlane::flush`] returns. The engine flushes where it promises an
+/// effect (a call ended: nothing forwarded any more); the front ends flush before they
+/// acknowledge a request. `provision` is synchronous (its ports go into the SDP), and `stats`
+/// sees every change made before it.
 pub trait MediaPlane {
     /// Binds a new leg.
     fn provision(&mut self, req: LegRequest) -> Result<LegInfo, BridgeError>;
@@ -39,8 +46,13 @@ pub trait MediaPlane {
     fn set_fork(&mut self, leg: LegId, fork: Option<Fork>) -> Result<(), BridgeError>;
     /// Releases a leg (ports go to quarantine).
     fn release(&mut self, leg: LegId) -> Result<(), BridgeError>;
-    /// A leg's statistics.
+    /// A leg's statistics. For a leg unspliced since it was last spliced, the statistics as
+    /// of the unsplice may be returned (nothing is forwarded after it).
     fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError>;
+    /// Puts every change made so far in effect.
+    fn flush(&mut self) -> Result<(), BridgeError> {
+        Ok(())
+    }
 }
 
 impl MediaPlane for Arc<Bridge> {
@@ -76,7 +88,10 @@ impl MediaPlane for Arc<Bridge> {
         Bridge::release(self, leg)
     }
     fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
-        Bridge::stats(self, leg)
+        Bridge::settled_stats(self, leg)
+    }
+    fn flush(&mut self) -> Result<(), BridgeError> {
+        Bridge::flush(self)
     }
 }
 
@@ -119,6 +134,9 @@ pub struct FakeMedia {
     pub released: Vec<LegId>,
     /// Make the next `provision` fail (to test error paths).
     pub fail_provision: bool,
+    /// Changes (remotes, media timeouts, splices, unsplices, releases) made since the last
+    /// `flush`: those a real media plane may not have applied yet.
+    pub unflushed: u64,
 }
 
 impl FakeMedia {
@@ -134,6 +152,7 @@ impl FakeMedia {
             splices: BTreeMap::new(),
             released: Vec::new(),
             fail_provision: false,
+            unflushed: 0,
         }
     }
 
@@ -202,6 +221,7 @@ impl MediaPlane for FakeMedia {
     }
     fn set_remote(&mut self, leg: LegId, spec: RemoteSpec) -> Result<(), BridgeError> {
         self.leg_mut(leg)?.remote = Some(spec);
+        self.unflushed += 1;
         Ok(())
     }
     fn set_dscp(&mut self, leg: LegId, dscp: Option<u8>) -> Result<(), BridgeError> {
@@ -210,6 +230,7 @@ impl MediaPlane for FakeMedia {
     }
     fn set_media_timeout(&mut self, leg: LegId, timeout: Duration) -> Result<(), BridgeError> {
         self.leg_mut(leg)?.media_timeout = Some(timeout);
+        self.unflushed += 1;
         Ok(())
     }
     fn splice(&mut self, legs: &[LegId], _mode: SpliceMode) -> Result<SpliceId, BridgeError> {
@@ -219,6 +240,7 @@ impl MediaPlane for FakeMedia {
             self.leg_mut(l)?.splice = Some(id);
         }
         self.splices.insert(id, legs.to_vec());
+        self.unflushed += 1;
         Ok(id)
     }
     fn unsplice(&mut self, splice: SpliceId) -> Result<(), BridgeError> {
@@ -231,6 +253,7 @@ impl MediaPlane for FakeMedia {
                 leg.splice = None;
             }
         }
+        self.unflushed += 1;
         Ok(())
     }
     fn resplice(
@@ -284,6 +307,7 @@ impl MediaPlane for FakeMedia {
             self.splices.remove(&s);
         }
         self.released.push(leg);
+        self.unflushed += 1;
         Ok(())
     }
     fn stats(&self, leg: LegId) -> Result<LegStats, BridgeError> {
@@ -302,5 +326,9 @@ impl MediaPlane for FakeMedia {
             jitter: Duration::ZERO,
             idle: l.idle,
         })
+    }
+    fn flush(&mut self) -> Result<(), BridgeError> {
+        self.unflushed = 0;
+        Ok(())
     }
 }

@@ -814,6 +814,9 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         for i in 0..n {
             self.disable_pair(call_id, i);
         }
+        if let Err(e) = self.media.flush() {
+            tracing::error!(call = call_id, error = %e, "media plane flush failed");
+        }
         let release_at = now.mono + self.cfg.delete_delay;
         let closed_drops = self.closed_drops(call_id);
         if let Some(call) = self.calls.get_mut(call_id) {

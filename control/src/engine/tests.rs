@@ -235,7 +235,9 @@ fn delete_stops_media_at_once_writes_one_cdr_and_releases_later() {
     let report = t.e.delete(t.now, "c1").unwrap();
     assert_eq!(report.state, "ended");
     assert_eq!(report.media[0].from_a.packets, 500);
-    // No packet passes once delete returned.
+    // No packet passes once delete returned: the unsplice is in effect in the media plane
+    // (flushed), and the pinholes are closed.
+    assert_eq!(t.e.media().unflushed, 0);
     assert_eq!(t.deliver(CALLER, a_leg), Verdict::Drop(Counter::Closed));
     assert_eq!(t.deliver(CALLEE, b_leg), Verdict::Drop(Counter::Closed));
     assert!(t.e.media().splices.is_empty());

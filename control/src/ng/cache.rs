@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// Default bound on entries (≈ 30 s of 3k requests/s).
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// Most entries the cache's index is sized for up front.
+const PRESIZE_LIMIT: usize = 1 << 17;
 /// Default bound on stored cookie and reply bytes.
 pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
@@ -55,8 +57,11 @@ impl ReplyCache {
             max_bytes,
             bytes: 0,
             next_seq: 0,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
+            // Sized for the bound at once: growing by doubling rehashes every entry each time,
+            // tens of thousands at once near the bound (a latency spike on the control thread).
+            // Only the index is allocated here; memory for replies comes as they do.
+            entries: HashMap::with_capacity(max_entries.min(PRESIZE_LIMIT)),
+            order: VecDeque::with_capacity(max_entries.min(PRESIZE_LIMIT)),
         }
     }
 

@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
 pub trait CdrStore: Send {
     /// Inserts or updates the row of `cdr` (keyed by call-id and offer time).
     fn upsert(&mut self, cdr: &Cdr) -> Result<(), StoreError>;
+    /// Upserts several rows, in order, all or none (one transaction where the backend has
+    /// them).
+    fn upsert_batch(&mut self, cdrs: &[&Cdr]) -> Result<(), StoreError> {
+        cdrs.iter().try_for_each(|c| self.upsert(c))
+    }
     /// Closes rows left open by a previous run with reason `restart`; returns how many.
     fn close_open_rows(&mut self, now_ms: i64) -> Result<usize, StoreError>;
     /// The CDRs of a call-id, oldest first.

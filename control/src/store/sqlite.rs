@@ -95,33 +95,47 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+fn upsert_on(conn: &Connection, sql: &str, c: &Cdr) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    stmt.execute(params![
+        c.call_id,
+        c.from_tag,
+        c.to_tag,
+        c.account,
+        c.offer_at,
+        c.answer_at,
+        c.end_at,
+        c.end_reason.map(|r| r.as_str()),
+        c.duration_ms,
+        to_i64(c.packets_ab),
+        to_i64(c.bytes_ab),
+        to_i64(c.packets_ba),
+        to_i64(c.bytes_ba),
+        c.lost_ab,
+        c.lost_ba,
+        to_i64(c.jitter_ab_us),
+        to_i64(c.jitter_ba_us),
+        c.dscp,
+        to_i64(c.dropped_xdp),
+        c.charge,
+        super::join_list(&c.flags),
+        super::join_list(&c.services),
+    ])?;
+    Ok(())
+}
+
 impl CdrStore for SqliteStore {
     fn upsert(&mut self, c: &Cdr) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(&self.upsert_sql)?;
-        stmt.execute(params![
-            c.call_id,
-            c.from_tag,
-            c.to_tag,
-            c.account,
-            c.offer_at,
-            c.answer_at,
-            c.end_at,
-            c.end_reason.map(|r| r.as_str()),
-            c.duration_ms,
-            to_i64(c.packets_ab),
-            to_i64(c.bytes_ab),
-            to_i64(c.packets_ba),
-            to_i64(c.bytes_ba),
-            c.lost_ab,
-            c.lost_ba,
-            to_i64(c.jitter_ab_us),
-            to_i64(c.jitter_ba_us),
-            c.dscp,
-            to_i64(c.dropped_xdp),
-            c.charge,
-            super::join_list(&c.flags),
-            super::join_list(&c.services),
-        ])?;
+        upsert_on(&self.conn, &self.upsert_sql, c)
+    }
+
+    fn upsert_batch(&mut self, cdrs: &[&Cdr]) -> Result<(), StoreError> {
+        // One transaction (one WAL commit) for the lot instead of one per row.
+        let tx = self.conn.transaction()?;
+        for c in cdrs {
+            upsert_on(&tx, &self.upsert_sql, c)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -188,7 +202,7 @@ impl SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::EndReason;
 
