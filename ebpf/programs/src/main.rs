@@ -462,7 +462,10 @@ fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usi
     let udp_hdr = read::<[u8; UDP_HLEN]>(ctx, m.l4_off)?;
     let udp_len = u16::from_be_bytes([udp_hdr[4], udp_hdr[5]]) as usize;
     // The whole datagram must be here (not a first fragment), and media-sized: the bound also
-    // keeps the packet offsets below the verifier's limit.
+    // keeps the packet offsets below the verifier's limit. Two plain comparisons, not
+    // `RangeInclusive::contains`: LLVM turns that into one unsigned subtract-and-compare from
+    // which the verifier cannot learn the upper bound.
+    #[allow(clippy::manual_range_contains)]
     if udp_len < UDP_HLEN + 12 || udp_len > MAX_FAST_PATH_UDP_LEN {
         return None;
     }
@@ -489,7 +492,7 @@ fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usi
     };
     // SAFETY: read-only access to a map value.
     // The other side has not sent anything yet if there is no entry.
-    let hop = unsafe { NEXTHOPS.get(&out) }?;
+    let hop = unsafe { NEXTHOPS.get(out) }?;
     if hop.ifindex != ctx.ingress_ifindex() as u32 {
         return None;
     }
