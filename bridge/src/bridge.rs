@@ -610,24 +610,10 @@ impl Bridge {
         }
         for &leg in &distinct {
             let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
-            if e.worker == home {
-                continue;
+            if e.worker != home {
+                let from = e.worker;
+                self.move_leg(&mut c, leg, from, home)?;
             }
-            let from = e.worker;
-            // Moving a leg is a round trip each way; commands posted to either worker before
-            // are applied first (their queues are in order).
-            let (detached, sockets) =
-                self.call(from, |reply| Command::Detach { id: leg, reply })?;
-            self.call(home, |reply| Command::Attach {
-                leg: detached,
-                sockets,
-                reply,
-            })?;
-            if let Some(e) = c.legs.get_mut(&leg) {
-                e.worker = home;
-            }
-            c.load[from] = c.load[from].saturating_sub(1);
-            c.load[home] += 1;
         }
         let id = SpliceId(c.next_splice);
         c.next_splice += 1;
@@ -654,6 +640,29 @@ impl Bridge {
             },
         );
         Ok(id)
+    }
+
+    /// Moves an unspliced leg from worker `from` to `home`. A round trip each way; commands
+    /// posted to either worker before are applied first (their queues are in order).
+    fn move_leg(
+        &self,
+        c: &mut Control,
+        leg: LegId,
+        from: usize,
+        home: usize,
+    ) -> Result<(), BridgeError> {
+        let (detached, sockets) = self.call(from, |reply| Command::Detach { id: leg, reply })?;
+        self.call(home, |reply| Command::Attach {
+            leg: detached,
+            sockets,
+            reply,
+        })?;
+        if let Some(e) = c.legs.get_mut(&leg) {
+            e.worker = home;
+        }
+        c.load[from] = c.load[from].saturating_sub(1);
+        c.load[home] += 1;
+        Ok(())
     }
 
     /// Dissolves the splices `remove` and splices each group of `add` in one step on the
@@ -696,23 +705,11 @@ impl Bridge {
         };
         for leg in add.iter().flat_map(|(legs, _)| legs.iter().copied()) {
             let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
-            if e.worker == home {
-                continue;
-            }
             // Only unspliced legs can be elsewhere (the removed splices are all on `home`).
-            let from = e.worker;
-            let (detached, sockets) =
-                self.call(from, |reply| Command::Detach { id: leg, reply })?;
-            self.call(home, |reply| Command::Attach {
-                leg: detached,
-                sockets,
-                reply,
-            })?;
-            if let Some(e) = c.legs.get_mut(&leg) {
-                e.worker = home;
+            if e.worker != home {
+                let from = e.worker;
+                self.move_leg(&mut c, leg, from, home)?;
             }
-            c.load[from] = c.load[from].saturating_sub(1);
-            c.load[home] += 1;
         }
         let mut ids = Vec::with_capacity(add.len());
         let mut groups = Vec::with_capacity(add.len());
