@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use rtpedge_bridge::LegId;
-use rtpedge_dataplane::{Dataplane, Dscp, ForwardSpec, RemotePolicy};
+use rtpedge_dataplane::{Dataplane, Dscp, ForwardSpec, PinholeInfo, RemotePolicy};
 
 use super::{Engine, MediaPlane, State, Timestamp};
 
@@ -48,6 +48,14 @@ fn clock_rate(kind: &str, codec: Option<&str>) -> u32 {
         } else {
             8_000
         })
+}
+
+/// The more recent of two silences (either side may not have seen anything yet).
+pub(super) fn shorter_idle(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Ethernet + IP + UDP header bytes of a frame, subtracted to report UDP payload bytes as the
@@ -169,22 +177,17 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     }
 
     /// Packets and UDP payload bytes the kernel forwarded from `side`'s remote (over the
-    /// whole call: the pinhole's counters outlive re-offers), for the reports.
-    pub(super) fn fast_path_forwarded(&self, side: &super::Side) -> (u64, u64) {
+    /// whole call: the pinhole's counters outlive re-offers), from its RTP pinhole's counters.
+    pub(super) fn fast_path_forwarded(&self, side: &super::Side, rtp: &PinholeInfo) -> (u64, u64) {
         if !self.cfg.fast_path {
             return (0, 0);
         }
-        match self.dp.pinhole(side.leg.rtp) {
-            Ok(Some(ph)) => {
-                let packets = ph.counters.forwarded_packets;
-                let overhead = packets * frame_overhead(side.leg.rtp.is_ipv6());
-                (
-                    packets,
-                    ph.counters.forwarded_bytes.saturating_sub(overhead),
-                )
-            }
-            _ => (0, 0),
-        }
+        let packets = rtp.counters.forwarded_packets;
+        let overhead = packets * frame_overhead(side.leg.rtp.is_ipv6());
+        (
+            packets,
+            rtp.counters.forwarded_bytes.saturating_sub(overhead),
+        )
     }
 
     /// Loss and jitter of `side`'s media as the kernel counted what it forwarded, if it ever
@@ -203,16 +206,8 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if !side.fast.offloaded {
             return bridge;
         }
-        let kernel = self
-            .dp
-            .pinhole(side.leg.rtp)
-            .ok()
-            .flatten()
-            .and_then(|p| p.counters.idle);
-        match (bridge, kernel) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let kernel = self.dp.pinhole(side.leg.rtp).ok().flatten();
+        shorter_idle(bridge, kernel.and_then(|p| p.counters.idle))
     }
 
     /// Whether any pair of the call is offloaded (its silence is the engine's to watch).

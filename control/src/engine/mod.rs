@@ -578,6 +578,17 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         side: usize,
         desc: &MediaDesc,
     ) -> Result<Advertised, EngineError> {
+        // A re-offer may move the remote: the bridge carries the media until the fast path
+        // takes it over again.
+        let offloaded = self.calls.get(call_id).is_some_and(|c| {
+            c.state == State::Answered
+                && c.pairs
+                    .get(i)
+                    .is_some_and(|p| p.sides.iter().any(|s| s.fast.offloaded))
+        });
+        if offloaded {
+            self.clear_fast_path(call_id, i);
+        }
         let call = self
             .calls
             .get_mut(call_id)
@@ -590,11 +601,6 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             )));
         };
         let other_leg = pair.sides[1 - side].leg;
-        if answered && pair.sides.iter().any(|s| s.fast.offloaded) {
-            // The remote may change: the bridge handles media until it flows again.
-            self.clear_fast_path(call_id, i);
-            return self.apply_remote(call_id, i, side, desc);
-        }
         if desc.is_disabled() {
             self.disable_pair(call_id, i);
             return Ok(Advertised {
@@ -1016,21 +1022,25 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             r.lost = st.rtp_lost;
             r.jitter = st.jitter;
         }
-        let (fast_packets, fast_bytes) = self.fast_path_forwarded(side);
-        r.packets += fast_packets;
-        r.bytes += fast_bytes;
-        if side.fast.offloaded {
-            r.idle = self.side_idle(side);
+        // The RTP pinhole once: its drops, and what the fast path forwarded past the bridge.
+        if let Ok(Some(p)) = self.dp.pinhole(side.leg.rtp) {
+            r.dropped_xdp += p.counters.dropped();
+            let (fast_packets, fast_bytes) = self.fast_path_forwarded(side, &p);
+            r.packets += fast_packets;
+            r.bytes += fast_bytes;
+            if side.fast.offloaded {
+                r.idle = fast_path::shorter_idle(r.idle, p.counters.idle);
+            }
+        }
+        if let Some(rtcp) = side.leg.rtcp
+            && let Ok(Some(p)) = self.dp.pinhole(rtcp)
+        {
+            r.dropped_xdp += p.counters.dropped();
         }
         if let Some((lost, jitter)) = self.fast_path_rtp(side) {
             r.lost += lost;
             if side.fast.offloaded {
                 r.jitter = jitter;
-            }
-        }
-        for local in std::iter::once(side.leg.rtp).chain(side.leg.rtcp) {
-            if let Ok(Some(p)) = self.dp.pinhole(local) {
-                r.dropped_xdp += p.counters.dropped();
             }
         }
         r.errors += r.dropped_xdp;
