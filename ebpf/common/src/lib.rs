@@ -230,6 +230,18 @@ pub struct Forward {
     pub _pad: [u8; 2],
 }
 
+impl Forward {
+    /// The pinhole key of the spliced leg the packet leaves from (its local address and port).
+    #[inline(always)]
+    pub const fn via_key(&self) -> PinholeKey {
+        PinholeKey {
+            addr: self.src_addr,
+            port: self.src_port,
+            _pad: 0,
+        }
+    }
+}
+
 /// The way back to a pinhole's remote, as the last packet that passed it came: symmetric RTP
 /// at layer 2. Media from the remote arrives from the next hop towards it (the remote itself,
 /// or the router in front of it), so answering through that hop needs neither the forwarding

@@ -404,12 +404,7 @@ fn handle_media(ctx: &XdpContext, m: &Media) -> u32 {
         }
         // What the host would have sent from the spliced leg: counted on its pinhole, as
         // tc_egress counts the bridge's packets.
-        let out = PinholeKey {
-            addr: f.src_addr,
-            port: f.src_port,
-            _pad: 0,
-        };
-        if let Some(s) = PINHOLE_STATS.get_ptr_mut(out) {
+        if let Some(s) = PINHOLE_STATS.get_ptr_mut(f.via_key()) {
             // SAFETY: per-CPU value.
             unsafe {
                 (*s).tx_packets += 1;
@@ -485,11 +480,7 @@ fn forward(ctx: &XdpContext, m: &Media, fwd: &Forward) -> Option<(RtpFields, usi
     }) {
         return None;
     }
-    let out = PinholeKey {
-        addr: fwd.src_addr,
-        port: fwd.src_port,
-        _pad: 0,
-    };
+    let out = fwd.via_key();
     // SAFETY: read-only access to a map value.
     // The other side has not sent anything yet if there is no entry.
     let hop = unsafe { NEXTHOPS.get(out) }?;
