@@ -32,6 +32,7 @@ use socket2::{Domain, Protocol, Socket as RawSocket, Type};
 use crate::{
     core::{BridgeEvent, CoreError, Fork, LegOptions, LegStats},
     pool::{PoolError, PortPool},
+    reserve::{self, Buffers, Reserve},
     types::{LegId, RemoteSpec, SpliceId, SpliceMode},
     worker::{self, Command, LegSockets, StatsCell, WorkerHandle},
 };
@@ -68,6 +69,12 @@ pub struct BridgeConfig {
     /// commands) instead of flushing in every method. For owners that flush before they
     /// acknowledge anything.
     pub batch_wakes: bool,
+    /// Bound port pairs kept ready per address by [`Bridge::replenish`], so that provisioning
+    /// a leg binds nothing (0: bind on demand only).
+    pub reserve: usize,
+    /// Most idle bound pairs held in all (ready, and released ones resting out the
+    /// quarantine, which are reused instead of closed); beyond, released pairs are closed.
+    pub reserve_max: usize,
 }
 
 impl Default for BridgeConfig {
@@ -83,6 +90,8 @@ impl Default for BridgeConfig {
             clock_rate: 8000,
             socket_buffer: 1 << 20,
             batch_wakes: false,
+            reserve: 256,
+            reserve_max: 4096,
         }
     }
 }
@@ -168,6 +177,8 @@ struct LegEntry {
     snapshot: StatsCell,
     /// The splice it left last (by unsplice): the snapshot that counts.
     left: Option<SpliceId>,
+    /// A DSCP was set on its sockets (cleared before they are reused).
+    dscp_set: bool,
 }
 
 struct SpliceEntry {
@@ -181,6 +192,7 @@ struct Releasing {
     ip: IpAddr,
     port: u16,
     sockets: Arc<LegSockets>,
+    dscp_set: bool,
 }
 
 struct Control {
@@ -198,6 +210,7 @@ struct Control {
     must_sync: Vec<bool>,
     next_barrier: u64,
     releasing: Vec<Releasing>,
+    reserve: Reserve,
 }
 
 /// The running bridge.
@@ -208,6 +221,8 @@ pub struct Bridge {
     addresses: Vec<IpAddr>,
     epoch: Instant,
     cfg: BridgeConfig,
+    /// A fresh socket's SO_RCVBUF, restored on an RTCP socket taken from the reserve.
+    default_rcvbuf: usize,
 }
 
 impl Bridge {
@@ -229,6 +244,11 @@ impl Bridge {
             cfg.workers
         };
         let epoch = Instant::now();
+        let default_rcvbuf = default_rcvbuf().map_err(|source| BridgeError::Io {
+            context: "probing the default socket buffer",
+            source,
+        })?;
+        let quarantine_ns = cfg.quarantine.as_nanos().min(u64::MAX as u128) as u64;
         let (events_tx, events) = crossbeam_channel::unbounded();
         let workers = (0..n)
             .map(|i| {
@@ -258,12 +278,14 @@ impl Bridge {
                 backlog: vec![0; n],
                 next_barrier: 1,
                 releasing: Vec::new(),
+                reserve: Reserve::new(quarantine_ns, cfg.reserve_max),
             }),
             workers,
             events,
             addresses: cfg.addresses.clone(),
             epoch,
             cfg,
+            default_rcvbuf,
         })
     }
 
@@ -367,17 +389,33 @@ impl Bridge {
         }
         let now = self.now_ns();
         let Control {
-            releasing, pools, ..
+            releasing,
+            pools,
+            reserve,
+            ..
         } = c;
-        releasing.retain(|r| {
-            if Arc::strong_count(&r.sockets) > 1 {
-                return true;
-            }
-            if let Some(p) = pools.get_mut(&r.ip) {
+        for r in releasing.extract_if(.., |r| Arc::strong_count(&r.sockets) == 1) {
+            // The worker has let go: the handle holds the only reference.
+            let Ok(sockets) = Arc::try_unwrap(r.sockets) else {
+                if let Some(p) = pools.get_mut(&r.ip) {
+                    p.release(r.port, now);
+                }
+                continue;
+            };
+            // Kept bound for reuse after the quarantine while the reserve has room; else
+            // closed here and the port rests in the pool.
+            let kept = reserve.has_room()
+                && match reserve::park(&sockets, r.ip.is_ipv6(), r.dscp_set) {
+                    Ok(()) => reserve.add_released(r.ip, r.port, sockets, now).is_ok(),
+                    Err(e) => {
+                        tracing::warn!(ip = %r.ip, port = r.port, error = %e, "parking a released leg's sockets");
+                        false
+                    }
+                };
+            if !kept && let Some(p) = pools.get_mut(&r.ip) {
                 p.release(r.port, now);
             }
-            false
-        });
+        }
     }
 
     /// Events from the workers (first packet, latched, media timeout, errors).
@@ -390,7 +428,14 @@ impl Bridge {
         self.workers.len()
     }
 
-    fn bind_pair(&self, ip: IpAddr, port: u16, rtcp_mux: bool) -> std::io::Result<LegSockets> {
+    /// Binds a leg's sockets; `parked`: for the reserve, with minimal receive buffers.
+    fn bind_pair(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        rtcp_mux: bool,
+        parked: bool,
+    ) -> std::io::Result<LegSockets> {
         // Non-blocking from creation (no fcntl round trips). RTCP (about one packet in a
         // hundred) keeps the system's default buffers: only the RTP socket gets big ones.
         let bind = |port: u16, big_buffers: bool| -> std::io::Result<UdpSocket> {
@@ -403,8 +448,13 @@ impl Bridge {
                 s.set_only_v6(true)?;
             }
             if big_buffers && self.cfg.socket_buffer > 0 {
-                let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
+                if !parked {
+                    let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
+                }
                 let _ = s.set_send_buffer_size(self.cfg.socket_buffer);
+            }
+            if parked {
+                s.set_recv_buffer_size(0)?;
             }
             s.bind(&SocketAddr::new(ip, port).into())?;
             Ok(s.into())
@@ -436,26 +486,34 @@ impl Bridge {
         };
         let mut c = self.control();
         self.reap(&mut c);
-        // A port another process holds is skipped (and rests in quarantine); try a few.
         let mut last_err = None;
-        let mut bound = None;
+        let mut bound = self.take_reserved(&mut c, ip, req.rtcp_mux);
+        // A port another process holds is skipped (and rests in quarantine); try a few.
         for _ in 0..16 {
+            if bound.is_some() {
+                break;
+            }
             let now = self.now_ns();
             let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
             let port = match pool.allocate(now) {
                 Ok(p) => p,
                 Err(e) if !c.releasing.is_empty() => {
                     // Released legs whose sockets a worker has not closed yet: let it catch
-                    // up, then their ports count again.
+                    // up, then their ports (or their sockets, kept in the reserve) count again.
                     c.must_sync.iter_mut().for_each(|s| *s = true);
                     self.flush_locked(&mut c)?;
+                    bound = self.take_reserved(&mut c, ip, req.rtcp_mux);
+                    if bound.is_some() {
+                        break;
+                    }
                     let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
-                    pool.allocate(self.now_ns()).map_err(|_| e)?
+                    pool.allocate(self.now_ns())
+                        .map_err(|_| Self::pool_error(&c, ip, e))?
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Self::pool_error(&c, ip, e)),
             };
             let pool = c.pools.get_mut(&ip).ok_or(BridgeError::NoSuchAddress(ip))?;
-            match self.bind_pair(ip, port, req.rtcp_mux) {
+            match self.bind_pair(ip, port, req.rtcp_mux, false) {
                 Ok(s) => {
                     bound = Some((port, s));
                     break;
@@ -521,9 +579,124 @@ impl Bridge {
                 splice: None,
                 snapshot: StatsCell::default(),
                 left: None,
+                dscp_set: false,
             },
         );
         Ok(info)
+    }
+
+    /// A pair from the reserve, unparked and shaped for the request (the RTCP socket closed
+    /// for rtcp-mux, bound when a muxed pair must now carry RTCP apart).
+    fn take_reserved(
+        &self,
+        c: &mut Control,
+        ip: IpAddr,
+        rtcp_mux: bool,
+    ) -> Option<(u16, LegSockets)> {
+        loop {
+            let (port, mut sockets) = c.reserve.take(ip, self.now_ns())?;
+            let buffers = Buffers {
+                rtp: self.cfg.socket_buffer,
+                rtcp: self.default_rcvbuf,
+            };
+            let shaped = reserve::unpark(&sockets, buffers).and_then(|discarded| {
+                if discarded > 0 {
+                    tracing::debug!(%ip, port, discarded, "datagrams that reached an idle media port");
+                }
+                match (rtcp_mux, sockets.rtcp.is_some()) {
+                    (true, true) => sockets.rtcp = None,
+                    (false, false) => {
+                        sockets.rtcp = Some(self.bind_pair(ip, port + 1, true, false)?.rtp);
+                    }
+                    _ => {}
+                }
+                Ok(())
+            });
+            match shaped {
+                Ok(()) => return Some((port, sockets)),
+                Err(e) => {
+                    // Closed; the port rests in the pool. The next pair, or a fresh bind.
+                    tracing::warn!(%ip, port, error = %e, "reusing a reserved media port pair");
+                    drop(sockets);
+                    let now = self.now_ns();
+                    if let Some(p) = c.pools.get_mut(&ip) {
+                        p.release(port, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pool's refusal, counting the reserve's idle pairs as what they are: free or
+    /// resting, not in use.
+    fn pool_error(c: &Control, ip: IpAddr, e: PoolError) -> BridgeError {
+        match e {
+            PoolError::NoFreePorts {
+                in_use,
+                quarantined,
+            } => {
+                let resting = c.reserve.resting(ip);
+                let idle = c.reserve.ready(ip) + resting;
+                BridgeError::Pool(PoolError::NoFreePorts {
+                    in_use: in_use.saturating_sub(idle),
+                    quarantined: quarantined + resting,
+                })
+            }
+            e => BridgeError::Pool(e),
+        }
+    }
+
+    /// Binds up to `budget` port pairs into the reserve, toward [`BridgeConfig::reserve`] per
+    /// address, and returns how many are still missing. For idle moments: it makes the next
+    /// provisions bind nothing.
+    pub fn replenish(&self, budget: usize) -> usize {
+        let mut c = self.control();
+        self.reap(&mut c);
+        let mut budget = budget;
+        let mut missing = 0;
+        for &ip in &self.addresses {
+            let now = self.now_ns();
+            // Pairs at the end of their quarantine count as ready.
+            let want = self
+                .cfg
+                .reserve
+                .saturating_sub(c.reserve.ready(ip) + c.reserve.resting(ip));
+            let mut added = 0;
+            while added < want && budget > 0 && c.reserve.has_room() {
+                let Some(pool) = c.pools.get_mut(&ip) else {
+                    break;
+                };
+                let Ok(port) = pool.allocate(now) else {
+                    break;
+                };
+                budget -= 1;
+                match self.bind_pair(ip, port, false, true) {
+                    Ok(sockets) => {
+                        if let Err(sockets) = c.reserve.add_ready(ip, port, sockets) {
+                            drop(sockets);
+                            if let Some(p) = c.pools.get_mut(&ip) {
+                                p.release(port, now);
+                            }
+                            break;
+                        }
+                        added += 1;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%ip, port, error = %e, "media port busy, not reserved");
+                        if let Some(p) = c.pools.get_mut(&ip) {
+                            p.release(port, now);
+                        }
+                    }
+                }
+            }
+            missing += want - added;
+        }
+        missing
+    }
+
+    /// Idle bound pairs held (ready and resting).
+    pub fn reserved(&self) -> usize {
+        self.control().reserve.held()
     }
 
     fn worker_of(&self, leg: LegId) -> Result<usize, BridgeError> {
@@ -563,8 +736,9 @@ impl Bridge {
                 "DSCP {dscp:?} out of range 0..=63"
             )));
         }
-        let c = self.control();
-        let e = c.legs.get(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        let mut c = self.control();
+        let e = c.legs.get_mut(&leg).ok_or(BridgeError::NoSuchLeg(leg))?;
+        e.dscp_set |= dscp.is_some();
         let tos = dscp.map_or(0, |d| (d as u32) << 2);
         let v6 = e.info.rtp.is_ipv6();
         for s in std::iter::once(&e.sockets.rtp).chain(e.sockets.rtcp.as_ref()) {
@@ -854,6 +1028,7 @@ impl Bridge {
             ip: e.info.rtp.ip(),
             port: e.info.rtp.port(),
             sockets: e.sockets,
+            dscp_set: e.dscp_set,
         });
         self.reap(&mut c);
         r
@@ -917,4 +1092,11 @@ impl Drop for Bridge {
             w.shutdown();
         }
     }
+}
+
+/// SO_RCVBUF of a fresh UDP socket, as a value to set (the kernel reports twice what was set).
+fn default_rcvbuf() -> std::io::Result<usize> {
+    // Unbound: a namespace without a loopback address has one too.
+    let probe = RawSocket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    Ok(probe.recv_buffer_size()? / 2)
 }

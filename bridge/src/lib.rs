@@ -17,6 +17,7 @@ pub mod core;
 pub mod floor;
 pub mod latch;
 pub mod pool;
+mod reserve;
 pub mod sys;
 pub mod types;
 pub mod worker;

@@ -45,6 +45,13 @@ pub struct LegSockets {
     pub rtcp: Option<UdpSocket>,
 }
 
+impl LegSockets {
+    /// The RTP socket, then the RTCP socket if there is one.
+    pub fn iter(&self) -> impl Iterator<Item = &UdpSocket> {
+        std::iter::once(&self.rtp).chain(self.rtcp.as_ref())
+    }
+}
+
 type Reply<T> = Sender<Result<T, CoreError>>;
 
 /// Where the worker leaves a leg's statistics for the owner to read without a round trip: the

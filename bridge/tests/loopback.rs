@@ -484,3 +484,82 @@ fn batched_commands_take_effect_at_flush() {
     assert!(br.provision(LegRequest::default()).is_err());
     assert_eq!(br.leg_count(), 4);
 }
+
+/// The warm reserve: pairs bound before any call, and released pairs kept bound and reused
+/// after the quarantine. A reused pair carries nothing of its old call: neither the late
+/// packets that reached it while idle (a learning leg would latch onto them) nor its DSCP.
+#[test]
+fn reserved_pairs_are_bound_ahead_and_reused_clean() {
+    let br = Bridge::start(BridgeConfig {
+        addresses: vec!["127.0.0.1".parse().unwrap()],
+        port_min: 27000,
+        port_max: 27003,
+        workers: 1,
+        quarantine: Duration::from_millis(300),
+        reserve: 1,
+        ..BridgeConfig::default()
+    })
+    .expect("bridge starts");
+    assert_eq!(br.replenish(8), 0, "the reserve is full");
+    assert_eq!(br.reserved(), 1);
+    let c = call(&br, "127.0.0.1");
+    assert_eq!(br.reserved(), 0, "the first leg took the reserved pair");
+    br.splice(&[c.a.id, c.b.id], SpliceMode::Full).unwrap();
+    br.set_dscp(c.b.id, Some(46)).unwrap();
+    c.caller.send(c.a.rtp, &rtp(1, 1, b"old call"));
+    assert_eq!(recv_tos(&c.callee.sock), Some(46 << 2));
+    br.release(c.a.id).unwrap();
+    br.release(c.b.id).unwrap();
+    br.flush().unwrap();
+    // Late packets of the old call reach the idle ports.
+    for seq in 2..5 {
+        c.caller.send(c.a.rtp, &rtp(1, seq, b"late"));
+        c.callee.send(c.b.rtp, &rtp(2, seq, b"late"));
+    }
+    // Resting: not handed out during the quarantine, and reported as resting, not in use.
+    let refused = br.provision(LegRequest::default()).unwrap_err().to_string();
+    assert_eq!(refused, "no free ports (0 in use, 2 in quarantine)");
+    assert_eq!(br.reserved(), 2);
+    std::thread::sleep(Duration::from_millis(350));
+
+    let caller = Peer::new("127.0.0.1");
+    let callee = Peer::new("127.0.0.1");
+    let a = br.provision(LegRequest::default()).unwrap();
+    let b = br
+        .provision(LegRequest {
+            near: Some(a.id),
+            ..Default::default()
+        })
+        .unwrap();
+    let old: HashSet<_> = [c.a.rtp, c.b.rtp].into();
+    assert_eq!(old, [a.rtp, b.rtp].into(), "the same pairs, reused");
+    assert_eq!(br.reserved(), 0);
+    br.set_remote(a.id, RemoteSpec::learning(None, Duration::from_secs(5)))
+        .unwrap();
+    br.set_remote(b.id, RemoteSpec::learning(None, Duration::from_secs(5)))
+        .unwrap();
+    br.splice(&[a.id, b.id], SpliceMode::Full).unwrap();
+    br.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for leg in [a.id, b.id] {
+        let n = br.stats(leg).unwrap().counters;
+        assert_eq!(
+            (n.received, n.packets_in),
+            (0, 0),
+            "nothing of the old call"
+        );
+    }
+    // The new parties latch and talk both ways, unmarked.
+    caller.send(a.rtp, &rtp(7, 1, b"new call"));
+    let got = callee.drain();
+    assert_eq!(
+        got.len(),
+        0,
+        "the callee's side has not latched yet: no remote"
+    );
+    callee.send(b.rtp, &rtp(8, 1, b"answer"));
+    assert_eq!(caller.drain().len(), 1);
+    caller.send(a.rtp, &rtp(7, 2, b"new call"));
+    assert_eq!(recv_tos(&callee.sock), Some(0));
+    assert!(c.caller.drain().is_empty() && c.callee.drain().is_empty());
+}
