@@ -6,6 +6,8 @@
 //! descriptions, and rewriting it with the addresses the engine allocated. It does no I/O: the
 //! daemon hands it a datagram and sends back what it returns.
 
+mod transport;
+
 use std::net::{IpAddr, SocketAddr};
 
 use rtpedge_dataplane::Dataplane;
@@ -13,7 +15,7 @@ use rtpedge_dataplane::Dataplane;
 use crate::{
     engine::{
         self, Advertised, AnswerRequest, CallReport, Engine, EngineError, MediaDesc, MediaPlane,
-        OfferRequest, StreamReport, Timestamp,
+        MuxAdvert, OfferRequest, StreamReport, Timestamp,
     },
     ng::{
         self, Ice, Options, ReplyCache, Request, Tos, Value, Warning, Warnings, encode_reply, reply,
@@ -272,7 +274,10 @@ impl NgServer {
                 },
             )
             .map_err(Refusal::Engine)?;
-        let out = sdp::rewrite(&sd, &self.rewrite_of(&adverts, &o.options, false));
+        let out = sdp::rewrite(
+            &sd,
+            &self.rewrite_of(&sd, &adverts, &o.options, false, warnings),
+        );
         Ok(reply::ok().with("sdp", out))
     }
 
@@ -299,12 +304,23 @@ impl NgServer {
                 },
             )
             .map_err(Refusal::Engine)?;
-        let out = sdp::rewrite(&sd, &self.rewrite_of(&adverts, &a.options, true));
+        let out = sdp::rewrite(
+            &sd,
+            &self.rewrite_of(&sd, &adverts, &a.options, true, warnings),
+        );
         Ok(reply::ok().with("sdp", out))
     }
 
-    /// The SDP changes that make the peer send to rtpedge's legs.
-    fn rewrite_of(&self, adverts: &[Advertised], opts: &Options, answer: bool) -> Rewrite {
+    /// The SDP changes that make the peer send to rtpedge's legs, and the transport protocol
+    /// changes asked for (or, in an answer, the offered protocol back, as rtpengine does).
+    fn rewrite_of(
+        &self,
+        sd: &sdp::SessionDescription,
+        adverts: &[Advertised],
+        opts: &Options,
+        answer: bool,
+        warnings: &mut Warnings,
+    ) -> Rewrite {
         let addr = |a: &Advertised| {
             self.advertised
                 .iter()
@@ -334,11 +350,12 @@ impl NgServer {
             },
             media: adverts
                 .iter()
-                .map(|a| {
+                .enumerate()
+                .map(|(i, a)| {
                     if a.rtp.port() == 0 {
                         return MediaRewrite::reject();
                     }
-                    MediaRewrite {
+                    let mut mr = MediaRewrite {
                         port: Some(a.rtp.port()),
                         address: Some(addr(a)),
                         rtcp: match a.rtcp {
@@ -348,15 +365,63 @@ impl NgServer {
                             },
                             None => RtcpRewrite::Remove,
                         },
-                        rtcp_mux: match (a.rtcp_mux, answer) {
-                            (true, true) => RtcpMuxRewrite::Use,
-                            (true, false) => RtcpMuxRewrite::Offer,
-                            (false, _) => RtcpMuxRewrite::Remove,
+                        rtcp_mux: match a.rtcp_mux {
+                            MuxAdvert::Use => RtcpMuxRewrite::Use,
+                            MuxAdvert::Offer => RtcpMuxRewrite::Offer,
+                            MuxAdvert::No => RtcpMuxRewrite::Remove,
                         },
-                        direction: None,
+                        ..MediaRewrite::default()
+                    };
+                    if let Some(m) = sd.media().get(i) {
+                        protocol_change(&mut mr, m.proto(), i, a, opts, answer, warnings);
                     }
+                    mr
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The `m=` protocol toward the receiver of this SDP: ng `transport-protocol` if given; in an
+/// answer without it, the protocol the offerer offered (rtpengine ignores an answerer's
+/// protocol change unless `transport-protocol=accept`). Conversions that need keys are not
+/// made: the section stays as it is and the reply gets a warning saying why.
+fn protocol_change(
+    mr: &mut MediaRewrite,
+    proto: &str,
+    i: usize,
+    advert: &Advertised,
+    opts: &Options,
+    answer: bool,
+    warnings: &mut Warnings,
+) {
+    let target = match (opts.transport_protocol, answer) {
+        (Some(t), _) => Some(t),
+        (None, true) if !opts.transport_accept => advert
+            .offered_protocol
+            .as_deref()
+            .and_then(|p| ng::TransportProtocol::parse(p.as_bytes())),
+        (None, _) => None,
+    };
+    let Some(target) = target else {
+        return;
+    };
+    match transport::convert(proto, target) {
+        Ok(transport::Conversion::Unchanged) => {}
+        Ok(transport::Conversion::Rewrite {
+            proto,
+            strip_rtcp_fb,
+        }) => {
+            mr.proto = Some(proto.to_string());
+            mr.strip_rtcp_fb = strip_rtcp_fb;
+        }
+        Err(transport::Unsupported(reason)) => {
+            warnings.push(Warning::TransportNotConverted {
+                section: i + 1,
+                from: proto.to_string(),
+                to: target.as_str().to_string(),
+                reason,
+            });
         }
     }
 }
@@ -500,7 +565,22 @@ fn flags_of(opts: &Options, warnings: &mut Warnings) -> engine::Flags {
             value: "force".into(),
         });
     }
+    if opts.flags.asymmetric && opts.flags.media_handover {
+        warnings.push(Warning::Contradiction {
+            kept: "asymmetric",
+            ignored: "media handover",
+        });
+    }
+    let m = &opts.rtcp_mux;
     engine::Flags {
+        asymmetric: opts.flags.asymmetric,
+        rtcp_mux: engine::RtcpMuxFlags {
+            offer: m.offer,
+            require: m.require,
+            demux: m.demux,
+            accept: m.accept,
+            reject: m.reject,
+        },
         trust_address: opts.flags.trust_address == Some(true),
         sip_source_address: opts.flags.trust_address == Some(false),
         media_handover: opts.flags.media_handover,
