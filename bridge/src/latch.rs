@@ -326,10 +326,17 @@ mod tests {
         let mut l = Latch::new(RemoteSpec::asymmetric(signalled), 0);
         assert_eq!(l.destination(), Some(signalled));
         assert_eq!(l.check(sa("192.0.2.1:5555"), 1, 1, 0), LatchVerdict::Accept);
-        assert_eq!(l.check(sa("192.0.2.1:6666"), 2, 9, 10 * S), LatchVerdict::Accept);
+        assert_eq!(
+            l.check(sa("192.0.2.1:6666"), 2, 9, 10 * S),
+            LatchVerdict::Accept
+        );
         assert_eq!(l.check(sa("192.0.2.9:4000"), 1, 2, 0), LatchVerdict::Reject);
         assert_eq!(l.locked(), None, "nothing latched");
-        assert_eq!(l.destination(), Some(signalled), "sent to the SDP port only");
+        assert_eq!(
+            l.destination(),
+            Some(signalled),
+            "sent to the SDP port only"
+        );
         assert!(l.rtcp_source_ok(sa("192.0.2.1:7777")));
         assert!(!l.rtcp_source_ok(sa("192.0.2.9:4001")));
         assert!(!l.learns_rtcp());
