@@ -932,8 +932,9 @@ mod tests {
         let plain = "m=audio 4000 RTP/AVP 0\r\n";
         let callee_mux = "m=audio 5000 RTP/AVP 0\r\na=rtcp-mux\r\n";
         let callee_plain = "m=audio 5000 RTP/AVP 0\r\n";
-        // (caller media, ng options, callee media, offer media out, answer media out)
-        let cases: Vec<(&str, Vec<(&str, Value)>, &str, &str, &str)> = vec![
+        /// (caller media, ng options, callee media, offer media out, answer media out)
+        type Case<'a> = (&'a str, Vec<(&'a str, Value)>, &'a str, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             // Default: the caller's mux offered on (with a fallback port), the callee decides.
             (
                 mux,
