@@ -87,7 +87,7 @@ fn received_from() -> Value {
 
 #[test]
 fn rtcp_mux_demux_relays_rtp_and_rtcp_between_a_muxed_caller_and_a_port_pair_callee() {
-    let d = start(22296, "45200-45399");
+    let d = start(22296, "51000-51199");
     let ng = d.client();
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -193,7 +193,7 @@ fn rtcp_mux_demux_relays_rtp_and_rtcp_between_a_muxed_caller_and_a_port_pair_cal
 
 #[test]
 fn asymmetric_caller_sends_from_another_port_and_is_sent_to_its_sdp_port() {
-    let d = start(22297, "45400-45599");
+    let d = start(22297, "51200-51399");
     let ng = d.client();
     let caller_sdp_port = UdpSocket::bind("127.0.0.1:0").unwrap();
     let caller_sender = UdpSocket::bind("127.0.0.1:0").unwrap();
