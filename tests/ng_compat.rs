@@ -364,8 +364,11 @@ fn mux_sdp(port: u16, mux: bool) -> Vec<u8> {
     s
 }
 
+/// One rtcp-mux case: its name, the offer's reply, the offer's and the answer's mux view.
+type MuxStep = (String, Value, (bool, bool), (bool, bool));
+
 /// For each rtcp-mux mode: the offer's and the answer's mux view, and the reply's shape.
-fn mux_conversation(server: &Server) -> Vec<(String, Value, (bool, bool), (bool, bool))> {
+fn mux_conversation(server: &Server) -> Vec<MuxStep> {
     let ng = NgClient::new(server.ng)
         .unwrap()
         .with_timeout(Duration::from_millis(500));
