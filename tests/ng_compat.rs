@@ -49,7 +49,10 @@ fn wait_ready(ng: SocketAddr) {
 }
 
 fn rtpengine(ng_port: u16, ports: (u16, u16)) -> Server {
-    let dir = std::env::temp_dir().join(format!("rtpedge-compat-rtpe-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "rtpedge-compat-rtpe-{}-{ng_port}",
+        std::process::id()
+    ));
     let _ = std::fs::create_dir_all(&dir);
     let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
     let child = Command::new("rtpengine")
@@ -79,7 +82,10 @@ fn rtpengine(ng_port: u16, ports: (u16, u16)) -> Server {
 }
 
 fn rtpedge(ng_port: u16, ports: (u16, u16)) -> Server {
-    let dir = std::env::temp_dir().join(format!("rtpedge-compat-edge-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "rtpedge-compat-edge-{}-{ng_port}",
+        std::process::id()
+    ));
     let _ = std::fs::create_dir_all(&dir);
     let ng: SocketAddr = format!("127.0.0.1:{ng_port}").parse().unwrap();
     let child = Command::new(rtpedge_bin())
@@ -272,10 +278,11 @@ fn same_shape(reference: &Value, candidate: &Value, path: &str, problems: &mut V
     }
 }
 
-#[test]
-fn replies_have_rtpengines_shape() {
-    if !require_root("replies_have_rtpengines_shape") {
-        return;
+/// Root and the rtpengine binary are there (fails under `CI` without them, skips loudly
+/// elsewhere).
+fn can_compare(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
     }
     if Command::new("rtpengine").arg("--version").output().is_err() {
         if std::env::var_os("CI").is_some() {
@@ -284,8 +291,16 @@ fn replies_have_rtpengines_shape() {
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stderr().lock(),
-            "\n*** SKIPPED replies_have_rtpengines_shape: rtpengine not installed ***\n"
+            "\n*** SKIPPED {test}: rtpengine not installed ***\n"
         );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn replies_have_rtpengines_shape() {
+    if !can_compare("replies_have_rtpengines_shape") {
         return;
     }
     let reference = rtpengine(22251, (45000, 45999));
@@ -323,4 +338,112 @@ fn replies_have_rtpengines_shape() {
             .and_then(|r| r.get_int("packets"));
         assert_eq!(packets, Some(20), "{name}: RTP packets in totals");
     }
+}
+
+/// What an SDP's first media section says about rtcp-mux: (`a=rtcp-mux` present, an RTCP port
+/// other than the RTP port advertised). rtpengine writes `a=rtcp:<RTP port>` next to a mux it
+/// uses, rtpedge no `a=rtcp`: both mean "no separate RTCP port".
+fn mux_view(sdp: &[u8]) -> (bool, bool) {
+    let text = String::from_utf8_lossy(sdp);
+    let rtp = media_port(sdp);
+    let mux = text.lines().any(|l| l.trim_end() == "a=rtcp-mux");
+    let separate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtcp:"))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .is_some_and(|p| p != rtp);
+    (mux, separate)
+}
+
+fn mux_sdp(port: u16, mux: bool) -> Vec<u8> {
+    let mut s = sdp(port);
+    if mux {
+        s.extend_from_slice(b"a=rtcp-mux\r\n");
+    }
+    s
+}
+
+/// One rtcp-mux case: its name, the offer's reply, the offer's and the answer's mux view.
+type MuxStep = (String, Value, (bool, bool), (bool, bool));
+
+/// For each rtcp-mux mode: the offer's and the answer's mux view, and the reply's shape.
+fn mux_conversation(server: &Server) -> Vec<MuxStep> {
+    let ng = NgClient::new(server.ng)
+        .unwrap()
+        .with_timeout(Duration::from_millis(500));
+    let rf = Value::list([Value::from("IP4"), Value::from("127.0.0.1")]);
+    let mut out = Vec::new();
+    for (i, (caller_mux, mode, callee_mux)) in [
+        (true, "", true),
+        (true, "", false),
+        (true, "demux", false),
+        (false, "offer", true),
+        (false, "require", true),
+        (true, "reject", true),
+        (true, "accept", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call = format!("mux-{i}");
+        let mut extra = vec![
+            ("received-from", rf.clone()),
+            ("ICE", Value::from("remove")),
+        ];
+        if !mode.is_empty() {
+            extra.push(("rtcp-mux", Value::list([Value::from(mode)])));
+        }
+        let offer = ng
+            .offer(
+                &call,
+                "tag-a",
+                &mux_sdp(4000 + 2 * i as u16, caller_mux),
+                &extra,
+            )
+            .unwrap();
+        let answer = ng
+            .answer(
+                &call,
+                "tag-a",
+                "tag-b",
+                &mux_sdp(5000 + 2 * i as u16, callee_mux),
+                &extra[..2],
+            )
+            .unwrap();
+        let step = format!("caller mux {caller_mux}, rtcp-mux [{mode}], callee mux {callee_mux}");
+        let views = (
+            mux_view(offer.get_bytes("sdp").unwrap()),
+            mux_view(answer.get_bytes("sdp").unwrap()),
+        );
+        out.push((format!("{step}: offer"), offer, views.0, views.1));
+        ng.delete(&call, Some("tag-a"), None, &[]).unwrap();
+    }
+    out
+}
+
+#[test]
+fn rtcp_mux_options_decide_as_rtpengine_does() {
+    if !can_compare("rtcp_mux_options_decide_as_rtpengine_does") {
+        return;
+    }
+    let reference = rtpengine(22255, (52000, 52999));
+    let edge = rtpedge(22256, (53000, 53999));
+    let theirs = mux_conversation(&reference);
+    let ours = mux_conversation(&edge);
+    let mut problems = Vec::new();
+    for ((step, r, r_offer, r_answer), (_, c, c_offer, c_answer)) in theirs.iter().zip(&ours) {
+        assert_eq!(r.get_str("result"), c.get_str("result"), "{step}: result");
+        same_shape(r, c, "", &mut problems);
+        assert_eq!(
+            (c_offer, c_answer),
+            (r_offer, r_answer),
+            "{step}: (a=rtcp-mux, separate RTCP port) in offer and answer"
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "shape differences:\n{}",
+        problems.join("\n")
+    );
 }

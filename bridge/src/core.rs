@@ -212,7 +212,7 @@ impl LegState {
     /// Where RTCP for this leg's remote goes, and out of which socket.
     fn rtcp_target(&self) -> Option<(Socket, SocketAddr)> {
         let latch = self.latch.as_ref()?;
-        if self.rtcp_mux {
+        if self.rtcp_mux || latch.spec().rtcp_mux {
             return latch.destination().map(|d| (Socket::Rtp, d));
         }
         let dst = self.rtcp_remote.or(latch.spec().rtcp).or_else(|| {
@@ -686,11 +686,14 @@ impl Core {
                 true
             }
             Packet::Rtcp(_) => {
-                if !latch.rtcp_source_ok(src) {
+                // A remote that negotiated rtcp-mux sends RTCP to the RTP port: nothing may
+                // come in on the leg's (fallback) RTCP port.
+                let muxed = leg.rtcp_mux || latch.spec().rtcp_mux;
+                if !latch.rtcp_source_ok(src) || (socket == Socket::Rtcp && muxed) {
                     leg.counters.dropped_wrong_source += 1;
                     return Outcome::Drop(DropReason::WrongSource);
                 }
-                if socket == Socket::Rtcp || leg.rtcp_mux {
+                if (socket == Socket::Rtcp || muxed) && latch.learns_rtcp() {
                     leg.rtcp_remote = Some(src);
                 }
                 leg.counters.rtcp_in += 1;
@@ -1090,6 +1093,107 @@ mod tests {
             socket: Socket::Rtcp,
             dst: sa("192.0.2.1:4001")
         }));
+    }
+
+    #[test]
+    fn a_two_port_leg_whose_remote_muxes_sends_and_takes_rtcp_on_its_rtp_port() {
+        let mut f = Fixture::new();
+        f.remotes();
+        // A was provisioned with an RTCP port, then negotiated rtcp-mux.
+        f.core
+            .set_remote(
+                f.a.0,
+                RemoteSpec::exact(sa(A_REMOTE)).with_rtcp_mux(true),
+                0,
+            )
+            .unwrap();
+        f.core
+            .splice(SpliceId(1), &[f.a.0, f.b.0], SpliceMode::Full, 0)
+            .unwrap();
+        // B latches from its RTP port, then its RTCP (from B's RTCP port) goes to A's RTP port
+        // out of A's RTP socket.
+        assert_eq!(
+            f.send(f.b.1, Socket::Rtp, B_REMOTE, &rtp(2, 1, 0), MS),
+            Outcome::Forward
+        );
+        assert_eq!(
+            f.send(f.b.1, Socket::Rtcp, "198.51.100.2:5001", &rtcp_rr(2), MS),
+            Outcome::Forward
+        );
+        assert_eq!(
+            f.out.targets,
+            vec![Target {
+                slot: f.a.1,
+                socket: Socket::Rtp,
+                dst: sa(A_REMOTE)
+            }]
+        );
+        // A's muxed RTCP (on the RTP socket) goes to B's RTCP port.
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtp, A_REMOTE, &rtcp_rr(1), MS),
+            Outcome::Forward
+        );
+        assert_eq!(
+            f.out.targets,
+            vec![Target {
+                slot: f.b.1,
+                socket: Socket::Rtcp,
+                dst: sa("198.51.100.2:5001")
+            }]
+        );
+        // Nothing is taken on A's unused RTCP port, not even from A's host.
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtcp, "192.0.2.1:4001", &rtcp_rr(1), MS),
+            Outcome::Drop(DropReason::WrongSource)
+        );
+        assert!(f.out.targets.is_empty());
+    }
+
+    #[test]
+    fn an_asymmetric_remote_is_sent_to_at_its_signalled_ports_whatever_it_sends_from() {
+        let mut f = Fixture::new();
+        f.remotes();
+        f.core
+            .set_remote(f.a.0, RemoteSpec::asymmetric(sa(A_REMOTE)), 0)
+            .unwrap();
+        f.core
+            .splice(SpliceId(1), &[f.a.0, f.b.0], SpliceMode::Full, 0)
+            .unwrap();
+        // A sends from another port of its host: accepted, forwarded to B.
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtp, "192.0.2.1:6000", &rtp(1, 1, 0), MS),
+            Outcome::Forward
+        );
+        assert_eq!(f.out.targets[0].dst, sa(B_REMOTE));
+        assert_eq!(
+            f.send(f.a.1, Socket::Rtcp, "192.0.2.1:6001", &rtcp_rr(1), MS),
+            Outcome::Forward
+        );
+        // B's media and RTCP go to A's signalled ports, never to where A sent from.
+        assert_eq!(
+            f.send(f.b.1, Socket::Rtp, B_REMOTE, &rtp(2, 1, 0), MS),
+            Outcome::Forward
+        );
+        assert_eq!(f.out.targets[0].dst, sa(A_REMOTE));
+        assert_eq!(
+            f.send(f.b.1, Socket::Rtcp, "198.51.100.2:5001", &rtcp_rr(2), MS),
+            Outcome::Forward
+        );
+        assert_eq!(f.out.targets[0].dst, sa("192.0.2.1:4001"));
+        // A third address is neither forwarded nor redirects anything.
+        for (socket, pkt) in [(Socket::Rtp, rtp(1, 2, 160)), (Socket::Rtcp, rtcp_rr(1))] {
+            assert_eq!(
+                f.send(f.a.1, socket, "203.0.113.66:4000", &pkt, MS),
+                Outcome::Drop(DropReason::WrongSource)
+            );
+            assert!(f.out.targets.is_empty());
+        }
+        assert_eq!(
+            f.send(f.b.1, Socket::Rtp, B_REMOTE, &rtp(2, 2, 160), MS),
+            Outcome::Forward
+        );
+        assert_eq!(f.out.targets[0].dst, sa(A_REMOTE));
+        assert_eq!(f.core.stats(f.a.0, MS).unwrap().remote, None);
     }
 
     #[test]

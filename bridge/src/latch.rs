@@ -8,7 +8,9 @@
 //!   consecutive packets from one new source carrying the locked SSRC and continuing its
 //!   sequence (an attacker would have to guess a 32-bit SSRC and the sequence);
 //! - a rejected packet never changes any state used for forwarding, so it can neither be
-//!   forwarded nor redirect the reverse direction.
+//!   forwarded nor redirect the reverse direction;
+//! - `Asymmetric` never latches anything: it accepts the signalled address (any port) and
+//!   always sends to the signalled address and port, so no packet can redirect it.
 
 use std::net::SocketAddr;
 
@@ -84,6 +86,13 @@ impl Latch {
     /// Judges a valid RTP packet (`ssrc`, `seq`) from `src` at `now_ns`.
     #[inline]
     pub fn check(&mut self, src: SocketAddr, ssrc: u32, seq: u16, now_ns: u64) -> LatchVerdict {
+        if self.spec.policy == Policy::Asymmetric {
+            return if self.spec.rtp.is_some_and(|r| r.ip() == src.ip()) {
+                LatchVerdict::Accept
+            } else {
+                LatchVerdict::Reject
+            };
+        }
         if let Some(locked) = self.locked {
             if src == locked {
                 self.locked_stream = Some((ssrc, seq));
@@ -98,6 +107,7 @@ impl Latch {
                 Policy::Exact => false,
                 Policy::Address => self.spec.rtp.is_some_and(|r| r.ip() == src.ip()),
                 Policy::Learning => true,
+                Policy::Asymmetric => false,
             };
         if !may_learn {
             return LatchVerdict::Reject;
@@ -147,6 +157,13 @@ impl Latch {
             count,
         });
         LatchVerdict::Reject
+    }
+
+    /// Whether the RTCP destination may be learned from where RTCP comes from (every policy
+    /// but `Asymmetric`, whose remote does not receive where it sends from).
+    #[inline]
+    pub fn learns_rtcp(&self) -> bool {
+        self.spec.policy != Policy::Asymmetric
     }
 
     /// Whether an RTCP packet from `src` may be accepted: it must come from the RTP remote's
@@ -301,6 +318,36 @@ mod tests {
             assert_eq!(l.check(sa("10.0.0.1:4100"), 7, s, 0), LatchVerdict::Reject);
         }
         assert_eq!(l.locked(), Some(sa("10.0.0.1:4000")));
+    }
+
+    #[test]
+    fn asymmetric_accepts_any_port_of_the_signalled_host_and_never_learns() {
+        let signalled = sa("192.0.2.1:4000");
+        let mut l = Latch::new(RemoteSpec::asymmetric(signalled), 0);
+        assert_eq!(l.destination(), Some(signalled));
+        assert_eq!(l.check(sa("192.0.2.1:5555"), 1, 1, 0), LatchVerdict::Accept);
+        assert_eq!(
+            l.check(sa("192.0.2.1:6666"), 2, 9, 10 * S),
+            LatchVerdict::Accept
+        );
+        assert_eq!(l.check(sa("192.0.2.9:4000"), 1, 2, 0), LatchVerdict::Reject);
+        assert_eq!(l.locked(), None, "nothing latched");
+        assert_eq!(
+            l.destination(),
+            Some(signalled),
+            "sent to the SDP port only"
+        );
+        assert!(l.rtcp_source_ok(sa("192.0.2.1:7777")));
+        assert!(!l.rtcp_source_ok(sa("192.0.2.9:4001")));
+        assert!(!l.learns_rtcp());
+        // Even with handover asked for, nothing moves.
+        let mut spec = RemoteSpec::asymmetric(signalled);
+        spec.handover = Some(1);
+        let mut l = Latch::new(spec, 0);
+        for s in 0..5 {
+            assert_eq!(l.check(sa("192.0.2.9:4000"), 1, s, 0), LatchVerdict::Reject);
+        }
+        assert_eq!(l.destination(), Some(signalled));
     }
 
     #[test]

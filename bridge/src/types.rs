@@ -31,6 +31,10 @@ pub enum Policy {
     Address,
     /// The first valid source after signaling, within the learning window, is locked (NAT).
     Learning,
+    /// Asymmetric RTP (ng `asymmetric`): the remote does not send from the port it receives
+    /// on. Media from the signalled address is accepted from any port, at any time; nothing is
+    /// ever learned, so media (RTP and RTCP) always goes to the signalled addresses.
+    Asymmetric,
 }
 
 impl Policy {
@@ -40,6 +44,7 @@ impl Policy {
             Policy::Exact => "exact",
             Policy::Address => "address",
             Policy::Learning => "learning",
+            Policy::Asymmetric => "asymmetric",
         }
     }
 }
@@ -60,6 +65,10 @@ pub struct RemoteSpec {
     /// Media handover: after locking, accept a new source only after this many consecutive
     /// packets from it that continue the locked SSRC's sequence. `None`: never move.
     pub handover: Option<u16>,
+    /// The remote multiplexes RTCP on its RTP port (negotiated rtcp-mux, RFC 5761), also on a
+    /// leg provisioned with an RTCP port: RTCP to it leaves from the leg's RTP socket to its
+    /// RTP address, and RTCP from it is accepted on the RTP socket only.
+    pub rtcp_mux: bool,
 }
 
 impl RemoteSpec {
@@ -71,6 +80,7 @@ impl RemoteSpec {
             rtcp: None,
             learn_window: Duration::ZERO,
             handover: None,
+            rtcp_mux: false,
         }
     }
 
@@ -82,6 +92,7 @@ impl RemoteSpec {
             rtcp: None,
             learn_window: window,
             handover: None,
+            rtcp_mux: false,
         }
     }
 
@@ -93,7 +104,26 @@ impl RemoteSpec {
             rtcp: None,
             learn_window: window,
             handover: None,
+            rtcp_mux: false,
         }
+    }
+
+    /// An asymmetric remote: sources from `rtp`'s address, any port; media always to `rtp`.
+    pub fn asymmetric(rtp: SocketAddr) -> Self {
+        Self {
+            policy: Policy::Asymmetric,
+            rtp: Some(rtp),
+            rtcp: None,
+            learn_window: Duration::ZERO,
+            handover: None,
+            rtcp_mux: false,
+        }
+    }
+
+    /// The same, with RTCP multiplexed (or not) on the remote's RTP port.
+    pub fn with_rtcp_mux(mut self, rtcp_mux: bool) -> Self {
+        self.rtcp_mux = rtcp_mux;
+        self
     }
 }
 

@@ -6,6 +6,8 @@
 //! descriptions, and rewriting it with the addresses the engine allocated. It does no I/O: the
 //! daemon hands it a datagram and sends back what it returns.
 
+mod transport;
+
 use std::net::{IpAddr, SocketAddr};
 
 use rtpedge_dataplane::Dataplane;
@@ -13,7 +15,7 @@ use rtpedge_dataplane::Dataplane;
 use crate::{
     engine::{
         self, Advertised, AnswerRequest, CallReport, Engine, EngineError, MediaDesc, MediaPlane,
-        OfferRequest, StreamReport, Timestamp,
+        MuxAdvert, OfferRequest, StreamReport, Timestamp,
     },
     ng::{
         self, Ice, Options, ReplyCache, Request, Tos, Value, Warning, Warnings, encode_reply, reply,
@@ -272,7 +274,10 @@ impl NgServer {
                 },
             )
             .map_err(Refusal::Engine)?;
-        let out = sdp::rewrite(&sd, &self.rewrite_of(&adverts, &o.options, false));
+        let out = sdp::rewrite(
+            &sd,
+            &self.rewrite_of(&sd, &adverts, &o.options, false, warnings),
+        );
         Ok(reply::ok().with("sdp", out))
     }
 
@@ -299,12 +304,23 @@ impl NgServer {
                 },
             )
             .map_err(Refusal::Engine)?;
-        let out = sdp::rewrite(&sd, &self.rewrite_of(&adverts, &a.options, true));
+        let out = sdp::rewrite(
+            &sd,
+            &self.rewrite_of(&sd, &adverts, &a.options, true, warnings),
+        );
         Ok(reply::ok().with("sdp", out))
     }
 
-    /// The SDP changes that make the peer send to rtpedge's legs.
-    fn rewrite_of(&self, adverts: &[Advertised], opts: &Options, answer: bool) -> Rewrite {
+    /// The SDP changes that make the peer send to rtpedge's legs, and the transport protocol
+    /// changes asked for (or, in an answer, the offered protocol back, as rtpengine does).
+    fn rewrite_of(
+        &self,
+        sd: &sdp::SessionDescription,
+        adverts: &[Advertised],
+        opts: &Options,
+        answer: bool,
+        warnings: &mut Warnings,
+    ) -> Rewrite {
         let addr = |a: &Advertised| {
             self.advertised
                 .iter()
@@ -334,11 +350,12 @@ impl NgServer {
             },
             media: adverts
                 .iter()
-                .map(|a| {
+                .enumerate()
+                .map(|(i, a)| {
                     if a.rtp.port() == 0 {
                         return MediaRewrite::reject();
                     }
-                    MediaRewrite {
+                    let mut mr = MediaRewrite {
                         port: Some(a.rtp.port()),
                         address: Some(addr(a)),
                         rtcp: match a.rtcp {
@@ -348,15 +365,63 @@ impl NgServer {
                             },
                             None => RtcpRewrite::Remove,
                         },
-                        rtcp_mux: match (a.rtcp_mux, answer) {
-                            (true, true) => RtcpMuxRewrite::Use,
-                            (true, false) => RtcpMuxRewrite::Offer,
-                            (false, _) => RtcpMuxRewrite::Remove,
+                        rtcp_mux: match a.rtcp_mux {
+                            MuxAdvert::Use => RtcpMuxRewrite::Use,
+                            MuxAdvert::Offer => RtcpMuxRewrite::Offer,
+                            MuxAdvert::No => RtcpMuxRewrite::Remove,
                         },
-                        direction: None,
+                        ..MediaRewrite::default()
+                    };
+                    if let Some(m) = sd.media().get(i) {
+                        protocol_change(&mut mr, m.proto(), i, a, opts, answer, warnings);
                     }
+                    mr
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The `m=` protocol toward the receiver of this SDP: ng `transport-protocol` if given; in an
+/// answer without it, the protocol the offerer offered (rtpengine ignores an answerer's
+/// protocol change unless `transport-protocol=accept`). Conversions that need keys are not
+/// made: the section stays as it is and the reply gets a warning saying why.
+fn protocol_change(
+    mr: &mut MediaRewrite,
+    proto: &str,
+    i: usize,
+    advert: &Advertised,
+    opts: &Options,
+    answer: bool,
+    warnings: &mut Warnings,
+) {
+    let target = match (opts.transport_protocol, answer) {
+        (Some(t), _) => Some(t),
+        (None, true) if !opts.transport_accept => advert
+            .offered_protocol
+            .as_deref()
+            .and_then(|p| ng::TransportProtocol::parse(p.as_bytes())),
+        (None, _) => None,
+    };
+    let Some(target) = target else {
+        return;
+    };
+    match transport::convert(proto, target) {
+        Ok(transport::Conversion::Unchanged) => {}
+        Ok(transport::Conversion::Rewrite {
+            proto,
+            strip_rtcp_fb,
+        }) => {
+            mr.proto = Some(proto.to_string());
+            mr.strip_rtcp_fb = strip_rtcp_fb;
+        }
+        Err(transport::Unsupported(reason)) => {
+            warnings.push(Warning::TransportNotConverted {
+                section: i + 1,
+                from: proto.to_string(),
+                to: target.as_str().to_string(),
+                reason,
+            });
         }
     }
 }
@@ -500,7 +565,22 @@ fn flags_of(opts: &Options, warnings: &mut Warnings) -> engine::Flags {
             value: "force".into(),
         });
     }
+    if opts.flags.asymmetric && opts.flags.media_handover {
+        warnings.push(Warning::Contradiction {
+            kept: "asymmetric",
+            ignored: "media handover",
+        });
+    }
+    let m = &opts.rtcp_mux;
     engine::Flags {
+        asymmetric: opts.flags.asymmetric,
+        rtcp_mux: engine::RtcpMuxFlags {
+            offer: m.offer,
+            require: m.require,
+            demux: m.demux,
+            accept: m.accept,
+            reject: m.reject,
+        },
         trust_address: opts.flags.trust_address == Some(true),
         sip_source_address: opts.flags.trust_address == Some(false),
         media_handover: opts.flags.media_handover,
@@ -757,5 +837,292 @@ mod tests {
                 "{call}"
             );
         }
+    }
+
+    // ---- rtcp-mux, transport-protocol, asymmetric through the ng front end ----
+
+    const CALLER_HEAD: &str =
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n";
+    const CALLEE_HEAD: &str =
+        "v=0\r\no=- 2 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n";
+    /// The relay's SDP head for a body whose head was `head` (only `c=` changes).
+    fn relayed_head(head: &str) -> String {
+        head.replace("c=IN IP4 192.0.2.1", "c=IN IP4 203.0.113.1")
+            .replace("c=IN IP4 198.51.100.2", "c=IN IP4 203.0.113.1")
+    }
+
+    struct Ng {
+        ng: NgServer,
+        engine: Engine<FakeMedia, FakeDataplane>,
+        seq: u32,
+    }
+
+    impl Ng {
+        fn new() -> Self {
+            Ng {
+                ng: NgServer::new(Vec::new()),
+                engine: Engine::new(
+                    EngineConfig::default(),
+                    FakeMedia::new("203.0.113.1".parse().unwrap()),
+                    FakeDataplane::new(),
+                ),
+                seq: 0,
+            }
+        }
+
+        /// Sends a command; returns (sdp, warning).
+        fn send(&mut self, dict: Value) -> (String, Option<String>) {
+            self.seq += 1;
+            let mut out = format!("c{} ", self.seq).into_bytes();
+            ng::encode(&dict, &mut out);
+            let reply = self
+                .ng
+                .handle(
+                    &mut self.engine,
+                    &mut AdmitAll,
+                    &out,
+                    "127.0.0.1:9".parse().unwrap(),
+                    Timestamp::now(),
+                )
+                .unwrap();
+            let (_, body) = ng::split_cookie(&reply).unwrap();
+            let v = ng::decode(body).unwrap();
+            assert_eq!(v.get_str("result"), Some("ok"), "{v:?}");
+            (
+                v.get_str("sdp").unwrap_or_default().to_string(),
+                v.get_str("warning").map(str::to_string),
+            )
+        }
+
+        fn offer(&mut self, media: &str, extra: &[(&str, Value)]) -> (String, Option<String>) {
+            let mut v = Value::new_dict()
+                .with("command", "offer")
+                .with("call-id", "m1")
+                .with("from-tag", "ft")
+                .with("sdp", format!("{CALLER_HEAD}{media}"));
+            for (k, x) in extra {
+                v = v.with(k, x.clone());
+            }
+            self.send(v)
+        }
+
+        fn answer(&mut self, media: &str, extra: &[(&str, Value)]) -> (String, Option<String>) {
+            let mut v = Value::new_dict()
+                .with("command", "answer")
+                .with("call-id", "m1")
+                .with("from-tag", "ft")
+                .with("to-tag", "tt")
+                .with("sdp", format!("{CALLEE_HEAD}{media}"));
+            for (k, x) in extra {
+                v = v.with(k, x.clone());
+            }
+            self.send(v)
+        }
+    }
+
+    fn list(items: &[&str]) -> Value {
+        Value::List(items.iter().map(|s| Value::from(*s)).collect())
+    }
+
+    /// Every rtcp-mux mode, offer and answer, byte for byte. The caller's leg is 30000/30001,
+    /// the callee's 30002/30003.
+    #[test]
+    fn rtcp_mux_modes_in_offer_and_answer_sdp() {
+        let mux = "m=audio 4000 RTP/AVP 0\r\na=rtcp-mux\r\n";
+        let plain = "m=audio 4000 RTP/AVP 0\r\n";
+        let callee_mux = "m=audio 5000 RTP/AVP 0\r\na=rtcp-mux\r\n";
+        let callee_plain = "m=audio 5000 RTP/AVP 0\r\n";
+        /// (caller media, ng options, callee media, offer media out, answer media out)
+        type Case<'a> = (&'a str, Vec<(&'a str, Value)>, &'a str, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            // Default: the caller's mux offered on (with a fallback port), the callee decides.
+            (
+                mux,
+                vec![],
+                callee_mux,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:30003\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp-mux\r\n",
+            ),
+            (
+                mux,
+                vec![],
+                callee_plain,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:30003\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp:30001\r\n",
+            ),
+            // demux (list and flag spellings): muxed caller, two ports toward the callee.
+            (
+                mux,
+                vec![("rtcp-mux", list(&["demux"]))],
+                callee_plain,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp:30003\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp-mux\r\n",
+            ),
+            (
+                mux,
+                vec![("flags", list(&["rtcp-mux-demux"]))],
+                callee_plain,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp:30003\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp-mux\r\n",
+            ),
+            // offer: mux offered to the callee although the caller did not.
+            (
+                plain,
+                vec![("rtcp-mux", list(&["offer"]))],
+                callee_mux,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp:30003\r\na=rtcp-mux\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp:30001\r\n",
+            ),
+            // require: mux toward the callee without an a=rtcp alternative.
+            (
+                plain,
+                vec![("rtcp-mux", list(&["require"]))],
+                callee_mux,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp-mux\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp:30001\r\n",
+            ),
+            // reject: the caller's mux is refused even though the callee takes it.
+            (
+                mux,
+                vec![("rtcp-mux", list(&["reject"]))],
+                callee_mux,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:30003\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp:30001\r\n",
+            ),
+            // accept: the caller's mux is accepted although the callee declines.
+            (
+                mux,
+                vec![("rtcp-mux", list(&["accept"]))],
+                callee_plain,
+                "m=audio 30002 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:30003\r\n",
+                "m=audio 30000 RTP/AVP 0\r\na=rtcp-mux\r\n",
+            ),
+        ];
+        for (caller, opts, callee, offer_out, answer_out) in cases {
+            let mut ng = Ng::new();
+            let (o, w) = ng.offer(caller, &opts);
+            assert_eq!(
+                o,
+                format!("{}{offer_out}", relayed_head(CALLER_HEAD)),
+                "{opts:?}"
+            );
+            assert_eq!(w, None);
+            let (a, w) = ng.answer(callee, &[]);
+            assert_eq!(
+                a,
+                format!("{}{answer_out}", relayed_head(CALLEE_HEAD)),
+                "{opts:?}"
+            );
+            assert_eq!(w, None);
+        }
+    }
+
+    #[test]
+    fn transport_protocol_converts_feedback_profiles_both_ways() {
+        let mut ng = Ng::new();
+        let (o, w) = ng.offer(
+            "m=audio 4000 RTP/AVPF 0\r\na=rtcp-fb:* nack\r\na=ptime:20\r\n",
+            &[("transport-protocol", Value::from("RTP/AVP"))],
+        );
+        assert_eq!(w, None);
+        assert_eq!(
+            o,
+            format!(
+                "{}m=audio 30002 RTP/AVP 0\r\na=ptime:20\r\na=rtcp:30003\r\n",
+                relayed_head(CALLER_HEAD)
+            )
+        );
+        // The answer goes back to the caller in the protocol it offered.
+        let (a, _) = ng.answer("m=audio 5000 RTP/AVP 0\r\n", &[]);
+        assert_eq!(
+            a,
+            format!(
+                "{}m=audio 30000 RTP/AVPF 0\r\na=rtcp:30001\r\n",
+                relayed_head(CALLEE_HEAD)
+            )
+        );
+    }
+
+    #[test]
+    fn an_answer_is_given_the_offered_protocol_unless_transport_protocol_accept() {
+        let answer = "m=audio 5000 RTP/AVPF 0\r\na=rtcp-fb:0 nack\r\n";
+        let mut ng = Ng::new();
+        ng.offer("m=audio 4000 RTP/AVP 0\r\n", &[]);
+        let (a, _) = ng.answer(answer, &[]);
+        assert_eq!(
+            a,
+            format!(
+                "{}m=audio 30000 RTP/AVP 0\r\na=rtcp:30001\r\n",
+                relayed_head(CALLEE_HEAD)
+            )
+        );
+        let mut ng = Ng::new();
+        ng.offer("m=audio 4000 RTP/AVP 0\r\n", &[]);
+        let (a, _) = ng.answer(answer, &[("transport-protocol", Value::from("accept"))]);
+        assert_eq!(
+            a,
+            format!(
+                "{}m=audio 30000 RTP/AVPF 0\r\na=rtcp-fb:0 nack\r\na=rtcp:30001\r\n",
+                relayed_head(CALLEE_HEAD)
+            )
+        );
+    }
+
+    #[test]
+    fn conversions_that_need_srtp_keys_leave_the_sdp_and_warn() {
+        let mut ng = Ng::new();
+        let (o, w) = ng.offer(
+            "m=audio 4000 RTP/AVP 0\r\n",
+            &[("transport-protocol", Value::from("RTP/SAVP"))],
+        );
+        assert_eq!(
+            o,
+            format!(
+                "{}m=audio 30002 RTP/AVP 0\r\na=rtcp:30003\r\n",
+                relayed_head(CALLER_HEAD)
+            )
+        );
+        assert_eq!(
+            w.as_deref(),
+            Some(
+                "transport protocol of media section 1 not converted from RTP/AVP to RTP/SAVP: \
+                 SRTP with SDES keys would have to be generated and the media encrypted by the \
+                 relay, which rtpedge does not do; SDP left unchanged"
+            )
+        );
+        // rtpp-flags transport words, to DTLS.
+        let mut ng = Ng::new();
+        let (_, w) = ng.offer(
+            "m=audio 4000 RTP/AVP 0\r\n",
+            &[("rtpp-flags", Value::from("UDP/TLS/RTP/SAVPF"))],
+        );
+        assert!(
+            w.as_deref()
+                .is_some_and(|w| w.contains("from RTP/AVP to UDP/TLS/RTP/SAVPF: DTLS-SRTP")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn asymmetric_with_media_handover_warns_and_asymmetric_wins() {
+        let mut ng = Ng::new();
+        let (_, w) = ng.offer(
+            "m=audio 4000 RTP/AVP 0\r\n",
+            &[("flags", list(&["asymmetric", "media-handover"]))],
+        );
+        assert_eq!(
+            w.as_deref(),
+            Some("flag \"media handover\" contradicts \"asymmetric\", ignored")
+        );
+        let leg = ng
+            .engine
+            .media()
+            .legs
+            .values()
+            .find(|l| l.info.rtp.port() == 30000)
+            .unwrap();
+        let spec = leg.remote.unwrap();
+        assert_eq!(spec.policy, rtpedge_bridge::Policy::Asymmetric);
+        assert_eq!(spec.handover, None);
     }
 }

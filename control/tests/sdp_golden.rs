@@ -17,7 +17,8 @@
 //!     "media": [{ "port": 30000, "address": "...",
 //!                 "rtcp": "keep" | "remove" | { "port": 30001, "address": "..." },
 //!                 "rtcp_mux": "keep" | "offer" | "use" | "remove",
-//!                 "direction": "sendrecv" | "sendonly" | "recvonly" | "inactive" }]
+//!                 "direction": "sendrecv" | "sendonly" | "recvonly" | "inactive",
+//!                 "proto": "RTP/AVP", "strip_rtcp_fb": true }]
 //!   },
 //!   "remote": [{ "rtp": "ip:port" | null, "rtcp": "ip:port" | null, "rtcp_mux": false,
 //!                "proto": "RTP/AVP", "direction": "sendrecv", "disabled": false, "ice": false,
@@ -139,7 +140,15 @@ fn rewrite_spec(v: &Value) -> Result<Rewrite> {
         let mm = object(
             mv,
             &what,
-            &["port", "address", "rtcp", "rtcp_mux", "direction"],
+            &[
+                "port",
+                "address",
+                "rtcp",
+                "rtcp_mux",
+                "direction",
+                "proto",
+                "strip_rtcp_fb",
+            ],
         )?;
         let mut mr = MediaRewrite::default();
         if let Some(p) = mm.get("port") {
@@ -173,6 +182,18 @@ fn rewrite_spec(v: &Value) -> Result<Rewrite> {
         }
         if let Some(d) = mm.get("direction") {
             mr.direction = Some(direction(d, &what)?);
+        }
+        if let Some(p) = mm.get("proto") {
+            mr.proto = Some(
+                p.as_str()
+                    .ok_or_else(|| format!("{what}.proto: a string"))?
+                    .to_owned(),
+            );
+        }
+        if let Some(b) = mm.get("strip_rtcp_fb") {
+            mr.strip_rtcp_fb = b
+                .as_bool()
+                .ok_or_else(|| format!("{what}.strip_rtcp_fb: a boolean"))?;
         }
         rw.media.push(mr);
     }

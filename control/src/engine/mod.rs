@@ -128,6 +128,9 @@ struct Side {
     leg: LegInfo,
     /// What this side signalled (its SDP).
     remote: Option<MediaDesc>,
+    /// RTCP is multiplexed on this leg's RTP port (as negotiated: the leg may have an RTCP
+    /// port it does not use).
+    rtcp_mux: bool,
     /// Pinholes exist (open or closed) for this leg.
     pinholes: bool,
     /// Whether this side's media is forwarded in the kernel.
@@ -151,6 +154,9 @@ struct Pair {
     rate: Option<RateLimit>,
     /// Its legs fork to a recorder (service `fork`): the bridge must see every packet.
     forked: bool,
+    /// Set by the last offer: the offerer's rtcp-mux in the answer regardless of what the
+    /// answerer says (see [`policy::offer_mux`]); `None`: the answerer decides.
+    mux_fixed: Option<bool>,
 }
 
 impl Pair {
@@ -423,14 +429,42 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                     adverts.push(Advertised {
                         rtp: SocketAddr::new(desc.rtp.ip(), 0),
                         rtcp: None,
-                        rtcp_mux: false,
+                        rtcp_mux: MuxAdvert::No,
+                        offered_protocol: None,
                     });
                     self.push_disabled_pair(&call_id, desc)?;
                     continue;
                 }
                 self.provision_pair(&call_id, side, desc, req.flags.other_side_ipv6)?;
             }
-            adverts.push(self.apply_remote(&call_id, i, side, desc)?);
+            let other_muxed = self
+                .calls
+                .get(&call_id)
+                .and_then(|c| c.pairs.get(i))
+                .is_some_and(|p| p.sides[1 - side].rtcp_mux);
+            let mux = policy::offer_mux(desc.rtcp_mux, other_muxed, &req.flags.rtcp_mux);
+            let mut advert = self.apply_remote(&call_id, i, side, desc, mux.offerer)?;
+            if let Some(pair) = self
+                .calls
+                .get_mut(&call_id)
+                .and_then(|c| c.pairs.get_mut(i))
+                .filter(|p| !p.disabled)
+            {
+                pair.mux_fixed = mux.fixed;
+                // `require`: the other side is taken to have accepted already.
+                if mux.require {
+                    pair.sides[1 - side].rtcp_mux = true;
+                }
+                advert.rtcp_mux = match (mux.to_other, mux.require) {
+                    (true, true) => MuxAdvert::Use,
+                    (true, false) => MuxAdvert::Offer,
+                    (false, _) => MuxAdvert::No,
+                };
+                if mux.require {
+                    advert.rtcp = None;
+                }
+            }
+            adverts.push(advert);
         }
         // Streams the re-offer no longer has are disabled.
         let n = self.calls.get(&call_id).map_or(0, |c| c.pairs.len());
@@ -472,12 +506,14 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 Side {
                     leg: a,
                     remote: None,
+                    rtcp_mux: false,
                     pinholes: false,
                     fast: Default::default(),
                 },
                 Side {
                     leg: b,
                     remote: None,
+                    rtcp_mux: false,
                     pinholes: false,
                     fast: Default::default(),
                 },
@@ -488,6 +524,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             dscp: None,
             rate: None,
             forked: false,
+            mux_fixed: None,
         });
         Ok(())
     }
@@ -500,11 +537,13 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         other_side_ipv6: Option<bool>,
     ) -> Result<(), EngineError> {
         let ipv6 = desc.rtp.is_ipv6();
-        // The offerer's leg may be rtcp-mux (it offered it); the other leg binds RTP and RTCP
-        // ports, since the answerer may decline mux.
+        // Both legs bind RTP and RTCP ports, as rtpengine does: whether a leg ends up muxed
+        // is only known from the answer (the answerer may decline mux, and then the offerer
+        // falls back to RTCP on its own port too). A muxed leg leaves its RTCP port unused,
+        // with no pinhole.
         let first = self.media.provision(LegRequest {
             ipv6,
-            rtcp_mux: desc.rtcp_mux,
+            rtcp_mux: false,
             srtp: desc.is_srtp(),
             ..Default::default()
         })?;
@@ -544,12 +583,14 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 Side {
                     leg: a,
                     remote: None,
+                    rtcp_mux: false,
                     pinholes: false,
                     fast: Default::default(),
                 },
                 Side {
                     leg: b,
                     remote: None,
+                    rtcp_mux: false,
                     pinholes: false,
                     fast: Default::default(),
                 },
@@ -560,6 +601,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             dscp,
             rate: None,
             forked: false,
+            mux_fixed: None,
         });
         self.legs.insert(a.id, call_id.to_string());
         self.legs.insert(b.id, call_id.to_string());
@@ -569,14 +611,17 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         Ok(())
     }
 
-    /// Records what `side` signalled for media `i` and enforces it on the leg facing it.
-    /// Returns what the SDP sent to the other side must advertise: the leg facing it.
+    /// Records what `side` signalled for media `i` and enforces it on the leg facing it, with
+    /// RTCP multiplexed on its RTP port if `rtcp_mux` (as negotiated, which may differ from
+    /// what the side signalled). Returns what the SDP sent to the other side must advertise:
+    /// the leg facing it (rtcp-mux left to the caller).
     fn apply_remote(
         &mut self,
         call_id: &str,
         i: usize,
         side: usize,
         desc: &MediaDesc,
+        rtcp_mux: bool,
     ) -> Result<Advertised, EngineError> {
         // A re-offer may move the remote: the bridge carries the media until the fast path
         // takes it over again.
@@ -606,7 +651,8 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             return Ok(Advertised {
                 rtp: SocketAddr::new(other_leg.rtp.ip(), 0),
                 rtcp: None,
-                rtcp_mux: false,
+                rtcp_mux: MuxAdvert::No,
+                offered_protocol: None,
             });
         }
         if pair.disabled {
@@ -617,9 +663,14 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         if desc.codec.is_some() {
             pair.codec = desc.codec.clone();
         }
-        let enf = enforcement(desc, &flags, self.cfg.learn_window);
+        let negotiated = MediaDesc {
+            rtcp_mux,
+            ..desc.clone()
+        };
+        let enf = enforcement(&negotiated, &flags, self.cfg.learn_window);
         let leg = pair.sides[side].leg;
         pair.sides[side].remote = Some(desc.clone());
+        pair.sides[side].rtcp_mux = rtcp_mux;
         pair.sides[side].pinholes = true;
         let hold = pair
             .sides
@@ -642,10 +693,19 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
                 self.dp.close_pinhole(spec.local)?;
             }
         }
+        // A muxed leg's RTCP port takes nothing: no pinhole (one may be left from an earlier
+        // offer or answer without mux).
+        if rtcp_mux
+            && let Some(rtcp) = leg.rtcp
+            && self.dp.pinhole(rtcp)?.is_some()
+        {
+            self.dp.remove_pinhole(rtcp)?;
+        }
         Ok(Advertised {
             rtp: other_leg.rtp,
             rtcp: other_leg.rtcp,
-            rtcp_mux: desc.rtcp_mux,
+            rtcp_mux: MuxAdvert::No,
+            offered_protocol: None,
         })
     }
 
@@ -695,22 +755,47 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
         let offerer = 1 - answerer;
         let mut adverts = Vec::with_capacity(req.media.len());
         for (i, desc) in req.media.iter().enumerate() {
-            self.apply_remote(&call_id, i, answerer, desc)?;
+            // The answerer's leg is muxed iff its answer says so; the offerer's as the offer
+            // fixed it, else as the answerer chose (rtpengine).
+            self.apply_remote(&call_id, i, answerer, desc, desc.rtcp_mux)?;
+            let offerer_side = {
+                let call = self.calls.get(&call_id).ok_or(EngineError::UnknownCall)?;
+                let pair = &call.pairs[i];
+                let s = &pair.sides[offerer];
+                let muxed = pair.mux_fixed.unwrap_or(desc.rtcp_mux);
+                (!pair.disabled && muxed != s.rtcp_mux)
+                    .then(|| s.remote.clone())
+                    .flatten()
+                    .map(|r| (r, muxed))
+            };
+            if let Some((remote, muxed)) = offerer_side {
+                self.apply_remote(&call_id, i, offerer, &remote, muxed)?;
+            }
             let advert_for_offerer = {
                 let call = self.calls.get(&call_id).ok_or(EngineError::UnknownCall)?;
                 let pair = &call.pairs[i];
-                let leg = pair.sides[offerer].leg;
+                let side = &pair.sides[offerer];
+                let leg = side.leg;
                 if pair.disabled {
                     Advertised {
                         rtp: SocketAddr::new(leg.rtp.ip(), 0),
                         rtcp: None,
-                        rtcp_mux: false,
+                        rtcp_mux: MuxAdvert::No,
+                        offered_protocol: None,
+                    }
+                } else if side.rtcp_mux {
+                    Advertised {
+                        rtp: leg.rtp,
+                        rtcp: None,
+                        rtcp_mux: MuxAdvert::Use,
+                        offered_protocol: side.remote.as_ref().map(|r| r.protocol.clone()),
                     }
                 } else {
                     Advertised {
                         rtp: leg.rtp,
                         rtcp: leg.rtcp,
-                        rtcp_mux: leg.rtcp.is_none(),
+                        rtcp_mux: MuxAdvert::No,
+                        offered_protocol: side.remote.as_ref().map(|r| r.protocol.clone()),
                     }
                 }
             };
@@ -1125,7 +1210,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     }
 }
 
-/// The XDP pinholes of a leg: its RTP port and, unless rtcp-mux, its RTCP port.
+/// The XDP pinholes of a leg: its RTP port and, unless its remote muxes RTCP, its RTCP port.
 fn pinhole_specs(
     leg: &LegInfo,
     enf: &policy::RemoteEnforcement,
@@ -1138,7 +1223,7 @@ fn pinhole_specs(
         dscp,
         rate,
     }];
-    if let Some(rtcp) = leg.rtcp {
+    if let Some(rtcp) = leg.rtcp.filter(|_| !enf.bridge.rtcp_mux) {
         v.push(PinholeSpec {
             local: rtcp,
             remote: enf.rtcp_pinhole,

@@ -517,6 +517,7 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             Side {
                 leg,
                 remote: Some(desc.clone()),
+                rtcp_mux: desc.rtcp_mux,
                 pinholes: true,
                 fast: Default::default(),
             },

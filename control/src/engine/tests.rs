@@ -901,3 +901,235 @@ fn fast_path_gives_way_to_a_recorder_fork_and_returns_after_qos() {
     t.bridge_heard(a_leg, 2);
     assert_eq!(t.forward(a_leg), None);
 }
+
+// ---- rtcp-mux (ng `rtcp-mux`, rtpengine's decisions) and `asymmetric` ----
+
+/// An audio stream at `rtp`, with `a=rtcp-mux` if `mux`.
+fn audio_mux(rtp: &str, mux: bool) -> MediaDesc {
+    MediaDesc {
+        rtcp_mux: mux,
+        ..audio(rtp)
+    }
+}
+
+fn mux_flags(words: &str) -> Flags {
+    let mut m = RtcpMuxFlags::default();
+    for w in words.split_whitespace() {
+        match w {
+            "offer" => m.offer = true,
+            "require" => m.require = true,
+            "demux" => m.demux = true,
+            "accept" => m.accept = true,
+            "reject" => m.reject = true,
+            other => panic!("{other}"),
+        }
+    }
+    Flags {
+        rtcp_mux: m,
+        ..Flags::default()
+    }
+}
+
+/// The RTCP port of the leg whose RTP address is `rtp`.
+fn rtcp_port_of(t: &T, rtp: SocketAddr) -> SocketAddr {
+    t.e.media()
+        .leg_at(rtp)
+        .unwrap()
+        .info
+        .rtcp
+        .expect("two-port leg")
+}
+
+/// What one offer/answer with rtcp-mux settles, per side: (advertised in the offer to the
+/// callee, advertised in the answer to the caller, caller leg muxed, callee leg muxed).
+fn mux_outcome(
+    caller_mux: bool,
+    flags: &str,
+    callee_mux: bool,
+) -> (MuxAdvert, MuxAdvert, bool, bool) {
+    let mut t = T::new();
+    let o = t.offer(
+        "m",
+        "ftag",
+        vec![audio_mux(CALLER, caller_mux)],
+        mux_flags(flags),
+    );
+    let a = t.answer("m", "ftag", "ttag", vec![audio_mux(CALLEE, callee_mux)]);
+    // Whatever the outcome, a muxed leg advertises no RTCP port, a non-muxed one does, and the
+    // data plane admits exactly the RTCP ports in use.
+    assert_eq!(a[0].rtcp.is_none(), a[0].rtcp_mux == MuxAdvert::Use);
+    assert_eq!(o[0].rtcp.is_none(), o[0].rtcp_mux == MuxAdvert::Use);
+    let muxed = |t: &T, leg: SocketAddr| {
+        let spec = t.e.media().leg_at(leg).unwrap().remote.unwrap();
+        let rtcp_pinhole = t.e.dataplane().pinhole(rtcp_port_of(t, leg)).unwrap();
+        assert_eq!(
+            rtcp_pinhole.is_none(),
+            spec.rtcp_mux,
+            "an RTCP pinhole exactly when the leg is not muxed ({leg})"
+        );
+        spec.rtcp_mux
+    };
+    let (caller_leg, callee_leg) = (a[0].rtp, o[0].rtp);
+    let out = (
+        o[0].rtcp_mux,
+        a[0].rtcp_mux,
+        muxed(&t, caller_leg),
+        muxed(&t, callee_leg),
+    );
+    assert_eq!(
+        out.2,
+        out.1 == MuxAdvert::Use,
+        "answer SDP matches the caller leg"
+    );
+    out
+}
+
+#[test]
+fn rtcp_mux_modes_decide_each_legs_mux_as_rtpengine_does() {
+    use MuxAdvert::{No, Offer, Use};
+    // (caller offers mux, flags, callee answers mux) → (to callee, to caller, caller leg
+    // muxed, callee leg muxed)
+    let cases = [
+        // Default: go along with the caller; the callee's answer decides both.
+        (true, "", true, (Offer, Use, true, true)),
+        (true, "", false, (Offer, No, false, false)),
+        (false, "", false, (No, No, false, false)),
+        // demux: the caller muxed, the callee offered two ports.
+        (true, "demux", false, (No, Use, true, false)),
+        // offer: mux offered to the callee even though the caller did not.
+        (false, "offer", true, (Offer, No, false, true)),
+        (false, "offer", false, (Offer, No, false, false)),
+        // require: mux toward the callee, no RTCP port offered.
+        (false, "require", true, (Use, No, false, true)),
+        (true, "require", true, (Use, Use, true, true)),
+        // reject: the caller's mux is refused, whatever the callee does.
+        (true, "reject", true, (Offer, No, false, true)),
+        (true, "demux reject", false, (No, No, false, false)),
+        // accept: the caller's mux is accepted even if the callee declines.
+        (true, "accept", false, (Offer, Use, true, false)),
+    ];
+    for (caller, flags, callee, want) in cases {
+        assert_eq!(
+            mux_outcome(caller, flags, callee),
+            want,
+            "caller mux {caller}, rtcp-mux [{flags}], callee mux {callee}"
+        );
+    }
+}
+
+#[test]
+fn rtcp_mux_demux_media_passes_on_the_ports_each_side_uses() {
+    let mut t = T::new();
+    let o = t.offer(
+        "d",
+        "ftag",
+        vec![audio_mux(CALLER, true)],
+        mux_flags("demux"),
+    );
+    let a = t.answer("d", "ftag", "ttag", vec![audio(CALLEE)]);
+    let (caller_leg, callee_leg) = (a[0].rtp, o[0].rtp);
+    // The caller sends RTP and RTCP to one port; its leg's spare RTCP port admits nothing.
+    assert!(matches!(t.deliver(CALLER, caller_leg), Verdict::Pass(_)));
+    assert_eq!(
+        t.deliver("192.0.2.10:4001", rtcp_port_of(&t, caller_leg)),
+        Verdict::Drop(Counter::NoPinhole)
+    );
+    // The callee sends RTCP from and to its RTCP port.
+    assert!(matches!(
+        t.deliver("198.51.100.20:5001", rtcp_port_of(&t, callee_leg)),
+        Verdict::Pass(_)
+    ));
+    // The bridge sends RTCP to the caller on its RTP port (muxed), to the callee on 5001.
+    let caller = t.e.media().leg_at(caller_leg).unwrap().remote.unwrap();
+    assert!(caller.rtcp_mux);
+    assert_eq!(caller.rtcp, Some(sa(CALLER)));
+    let callee = t.e.media().leg_at(callee_leg).unwrap().remote.unwrap();
+    assert!(!callee.rtcp_mux);
+    assert_eq!(callee.rtcp, Some(sa("198.51.100.20:5001")));
+}
+
+#[test]
+fn a_reinvite_that_drops_mux_gives_the_leg_its_rtcp_pinhole_back() {
+    let mut t = T::new();
+    t.offer("r", "ftag", vec![audio_mux(CALLER, true)], Flags::default());
+    let a = t.answer("r", "ftag", "ttag", vec![audio_mux(CALLEE, true)]);
+    let caller_rtcp = rtcp_port_of(&t, a[0].rtp);
+    assert!(t.e.dataplane().pinhole(caller_rtcp).unwrap().is_none());
+    // The re-INVITE from the callee: toward the caller, whose leg negotiated mux, rtcp-mux is
+    // kept without a fallback port (rtpengine); the caller declining it falls back to a pair.
+    let o = t.offer("r", "ttag", vec![audio_mux(CALLEE, true)], Flags::default());
+    assert_eq!(o[0].rtcp_mux, MuxAdvert::Use);
+    let back = t.answer("r", "ttag", "ftag", vec![audio(CALLER)]);
+    // The answerer declined: the offerer (the callee) falls back to its RTCP port as well.
+    assert_eq!(back[0].rtcp_mux, MuxAdvert::No);
+    assert!(
+        t.e.dataplane()
+            .pinhole(rtcp_port_of(&t, back[0].rtp))
+            .unwrap()
+            .is_some()
+    );
+    let ph = t.e.dataplane().pinhole(caller_rtcp).unwrap().unwrap();
+    assert_eq!(ph.state, PinholeState::Open);
+    assert!(matches!(
+        t.deliver("192.0.2.10:4001", caller_rtcp),
+        Verdict::Pass(_)
+    ));
+}
+
+#[test]
+fn asymmetric_holds_the_caller_to_its_address_and_sends_to_its_sdp_port() {
+    let mut t = T::new();
+    let flags = Flags {
+        asymmetric: true,
+        ..Flags::default()
+    };
+    t.offer("as", "ftag", vec![audio(CALLER)], flags);
+    let a = t.answer("as", "ftag", "ttag", vec![audio(CALLEE)]);
+    let leg = a[0].rtp;
+    let rtcp = rtcp_port_of(&t, leg);
+    for local in [leg, rtcp] {
+        let ph = t.e.dataplane().pinhole(local).unwrap().unwrap();
+        assert_eq!(
+            ph.policy,
+            rtpedge_dataplane::RemotePolicy::Address("192.0.2.10".parse().unwrap())
+        );
+    }
+    // The caller sends from ports other than its SDP ports: admitted, every time, and nothing
+    // is learned (a later port is admitted too).
+    for src in ["192.0.2.10:6000", "192.0.2.10:6002", "192.0.2.10:4000"] {
+        assert!(matches!(t.deliver(src, leg), Verdict::Pass(_)), "{src}");
+    }
+    assert!(matches!(
+        t.deliver("192.0.2.10:6001", rtcp),
+        Verdict::Pass(_)
+    ));
+    // A third address never passes, on either port.
+    for local in [leg, rtcp] {
+        assert_eq!(
+            t.deliver("192.0.2.66:6000", local),
+            Verdict::Drop(Counter::WrongSource)
+        );
+    }
+    // The bridge sends to the SDP port and never learns.
+    let spec = t.e.media().leg_at(leg).unwrap().remote.unwrap();
+    assert_eq!(spec.policy, rtpedge_bridge::Policy::Asymmetric);
+    assert_eq!(spec.rtp, Some(sa(CALLER)));
+    assert_eq!(spec.rtcp, Some(sa("192.0.2.10:4001")));
+    // The callee (no flag) keeps the default strict learning policy.
+    let callee =
+        t.e.media()
+            .leg_at(
+                t.e.media()
+                    .legs
+                    .values()
+                    .find(|l| l.info.rtp != leg)
+                    .unwrap()
+                    .info
+                    .rtp,
+            )
+            .unwrap();
+    assert_eq!(
+        callee.remote.unwrap().policy,
+        rtpedge_bridge::Policy::Learning
+    );
+}

@@ -159,6 +159,40 @@ pub struct Flags {
     /// Family of the legs facing the other side, when it differs from the offerer's (ng
     /// `address family`: an IPv4 caller to an IPv6 callee). `None`: the offerer's family.
     pub other_side_ipv6: Option<bool>,
+    /// The describing side sends from other ports than it receives on (ng `asymmetric`):
+    /// media goes to its SDP address and port, is accepted from its address (any port), and
+    /// nothing is learned.
+    pub asymmetric: bool,
+    /// ng `rtcp-mux` (acts in offers, as in rtpengine).
+    pub rtcp_mux: RtcpMuxFlags,
+}
+
+/// ng `rtcp-mux` options, with rtpengine's meanings (the default follows the offerer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtcpMuxFlags {
+    /// `offer`: offer rtcp-mux to the other side even if the offerer did not.
+    pub offer: bool,
+    /// `require`: like `offer`, and advertise no RTCP port at all (the other side is taken to
+    /// have accepted rtcp-mux already).
+    pub require: bool,
+    /// `demux`: do not offer rtcp-mux to the other side, but accept it from the offerer.
+    pub demux: bool,
+    /// `accept`: accept the offerer's rtcp-mux whatever the other side answers.
+    pub accept: bool,
+    /// `reject`: reject the offerer's rtcp-mux.
+    pub reject: bool,
+}
+
+/// How an advertised leg presents rtcp-mux in SDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MuxAdvert {
+    /// No rtcp-mux: `a=rtcp` names the leg's RTCP port, no `a=rtcp-mux`.
+    #[default]
+    No,
+    /// Offered: `a=rtcp-mux`, with `a=rtcp` naming the RTCP port for a peer that declines.
+    Offer,
+    /// In use (an answer accepting it, or an offer requiring it): `a=rtcp-mux`, no RTCP port.
+    Use,
 }
 
 /// An offer (or re-offer) from the side identified by `from_tag`.
@@ -192,14 +226,17 @@ pub struct AnswerRequest {
 }
 
 /// What the rewritten SDP must advertise for one media section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Advertised {
     /// Local RTP address (port 0 for a disabled stream).
     pub rtp: SocketAddr,
-    /// Local RTCP address (None with rtcp-mux).
+    /// Local RTCP address (None when the leg has none).
     pub rtcp: Option<SocketAddr>,
-    /// The leg uses rtcp-mux.
-    pub rtcp_mux: bool,
+    /// How the leg presents rtcp-mux.
+    pub rtcp_mux: MuxAdvert,
+    /// In an answer: the transport protocol the offerer offered (rtpengine answers with it
+    /// unless `transport-protocol` says otherwise).
+    pub offered_protocol: Option<String>,
 }
 
 /// Statistics of one stream (one leg's inbound direction) for reports and CDRs.

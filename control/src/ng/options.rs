@@ -365,6 +365,19 @@ pub enum Warning {
     UnsupportedValue { key: &'static str, value: String },
     /// More than two interfaces given for `direction`.
     ExtraDirection(String),
+    /// Two flags that contradict each other: `kept` applies, `ignored` does not.
+    Contradiction {
+        kept: &'static str,
+        ignored: &'static str,
+    },
+    /// A `transport-protocol` conversion rtpedge cannot make for one media section (1-based);
+    /// its SDP was left unchanged.
+    TransportNotConverted {
+        section: usize,
+        from: String,
+        to: String,
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -380,6 +393,19 @@ impl fmt::Display for Warning {
             Warning::UnsupportedValue { key, value } => {
                 write!(f, "value \"{value}\" for \"{key}\" not supported, ignored")
             }
+            Warning::Contradiction { kept, ignored } => {
+                write!(f, "flag \"{ignored}\" contradicts \"{kept}\", ignored")
+            }
+            Warning::TransportNotConverted {
+                section,
+                from,
+                to,
+                reason,
+            } => write!(
+                f,
+                "transport protocol of media section {section} not converted from {from} to \
+                 {to}: {reason}; SDP left unchanged"
+            ),
             Warning::ExtraDirection(v) => {
                 write!(
                     f,

@@ -81,7 +81,10 @@
 //!   [`Rewrite::origin_version`] keeps, increments or sets the version; the other fields and
 //!   the spacing are kept.
 //! - `s=`: [`Rewrite::session_name`] replaces it (or inserts one after `o=`).
-//! - `m=`: [`MediaRewrite::port`] replaces the port only; `/<count>`, proto and formats are kept.
+//! - `m=`: [`MediaRewrite::port`] replaces the port only; `/<count>`, proto and formats are
+//!   kept. [`MediaRewrite::proto`] replaces the proto token only (the engine decides which
+//!   protocol changes are possible; this module only writes them), and
+//!   [`MediaRewrite::strip_rtcp_fb`] removes the section's `a=rtcp-fb` lines.
 //! - Direction: [`MediaRewrite::direction`] replaces the section's direction attribute in place,
 //!   or adds one at the end of the section; session-level ones are left alone (the media-level
 //!   one takes precedence).

@@ -343,6 +343,8 @@ pub struct MediaDescription {
     pub(super) end: usize,
     /// Byte range of the port number within the `m=` line's content.
     pub(super) port_range: Range<usize>,
+    /// Byte range of the proto token within the `m=` line's content.
+    pub(super) proto_range: Range<usize>,
 }
 
 impl MediaDescription {

@@ -301,7 +301,7 @@ impl Parser<'_> {
         let number = idx + 1;
         let value = self.text(idx, "m=")?;
         let mut it = fields(value);
-        let (Some((_, media_type)), Some((port_range, port_field)), Some((_, proto))) =
+        let (Some((_, media_type)), Some((port_range, port_field)), Some((proto_range, proto))) =
             (it.next(), it.next(), it.next())
         else {
             return Err(SdpError::InvalidMedia { line: number });
@@ -339,6 +339,7 @@ impl Parser<'_> {
             line: idx,
             end: self.lines.len(),
             port_range: port_range.start + 2..port_range.start + 2 + port_text.len(),
+            proto_range: proto_range.start + 2..proto_range.end + 2,
         })
     }
 

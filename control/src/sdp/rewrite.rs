@@ -72,6 +72,11 @@ pub struct MediaRewrite {
     pub rtcp_mux: RtcpMuxRewrite,
     /// Replace the section's direction attribute (or add one when it has none).
     pub direction: Option<Direction>,
+    /// Replace the `m=` line's proto token (ng `transport-protocol`); the rest of the line is
+    /// kept. Only written when it differs from the token as sent.
+    pub proto: Option<String>,
+    /// Remove the section's `a=rtcp-fb` lines (a feedback profile converted to one without).
+    pub strip_rtcp_fb: bool,
 }
 
 impl MediaRewrite {
@@ -310,11 +315,24 @@ impl Plan<'_> {
         mr: &MediaRewrite,
         address: Option<IpAddr>,
     ) {
+        // `m=` edits, back to front so the earlier range stays valid.
+        let mut edits: Vec<(std::ops::Range<usize>, Vec<u8>)> = Vec::new();
+        if let Some(proto) = mr.proto.as_deref().filter(|p| *p != m.proto) {
+            edits.push((m.proto_range.clone(), proto.as_bytes().to_vec()));
+        }
         if let Some(port) = mr.port.filter(|&p| p != m.port) {
+            edits.push((m.port_range.clone(), port.to_string().into_bytes()));
+        }
+        if !edits.is_empty() {
             let mut content = self.content(m.line).to_vec();
-            let range = m.port_range.clone();
-            if range.start <= range.end && range.end <= content.len() {
-                content.splice(range, port.to_string().into_bytes());
+            let mut changed = false;
+            for (range, text) in edits {
+                if range.start <= range.end && range.end <= content.len() {
+                    content.splice(range, text);
+                    changed = true;
+                }
+            }
+            if changed {
                 self.set(m.line, Action::Replace(content));
             }
         }
@@ -375,6 +393,11 @@ impl Plan<'_> {
                             None => self.set(a.line, Action::Remove),
                         }
                     }
+                }
+                AttributeKind::Other
+                    if mr.strip_rtcp_fb && a.name.eq_ignore_ascii_case("rtcp-fb") =>
+                {
+                    self.set(a.line, Action::Remove);
                 }
                 AttributeKind::RtcpMux => {
                     has_mux = true;

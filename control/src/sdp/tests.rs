@@ -1235,6 +1235,10 @@ fn random_rewrite(rng: &mut Rng, media: usize) -> Rewrite {
                     Direction::Inactive,
                 ])
             }),
+            proto: rng
+                .chance(30)
+                .then(|| rng.pick(&["RTP/AVP", "RTP/AVPF", "RTP/SAVPF"]).to_string()),
+            strip_rtcp_fb: rng.chance(30),
         });
     }
     rw
