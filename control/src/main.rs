@@ -157,6 +157,15 @@ struct DaemonArgs {
         env = "RTPEDGE_WORKERS"
     )]
     workers: Option<usize>,
+    /// Media port pairs kept bound ahead of calls, per media address; released pairs are
+    /// reused after the quarantine instead of closed (0: none of this, bind on demand).
+    #[arg(
+        long = "port-reserve",
+        id = "daemon_port_reserve",
+        value_name = "N",
+        env = "RTPEDGE_PORT_RESERVE"
+    )]
+    port_reserve: Option<usize>,
     /// Refuse new calls beyond this many (`load limit`).
     #[arg(
         long = "max-calls",
@@ -232,6 +241,7 @@ impl DaemonArgs {
             pin_root: self.pin_root.clone(),
             cdr_db: self.cdr_db.clone(),
             workers: self.workers,
+            port_reserve: self.port_reserve,
             max_calls: self.max_calls,
             timeouts: FileTimeouts {
                 media: self.media_timeout,

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub cdr_db: Option<String>,
     /// Bridge worker threads (0: one per core).
     pub workers: Option<usize>,
+    /// Media port pairs kept bound ahead of calls, per media address (0: bind on demand).
+    pub port_reserve: Option<usize>,
     /// New calls beyond this are refused with `load limit`.
     pub max_calls: Option<usize>,
     /// Timeouts in seconds.
@@ -179,6 +181,8 @@ pub struct Config {
     pub cdr_db: String,
     /// Bridge workers.
     pub workers: usize,
+    /// Port pairs kept bound ahead of calls, per media address.
+    pub port_reserve: usize,
     /// Call limit.
     pub max_calls: usize,
     /// Offer timeout.
@@ -364,6 +368,7 @@ pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Config, ConfigError
             .into(),
         cdr_db: pick(file.cdr_db, over.cdr_db).unwrap_or_else(|| "rtpedge-data/cdr.sqlite".into()),
         workers: over.workers.or(file.workers).unwrap_or(0),
+        port_reserve: over.port_reserve.or(file.port_reserve).unwrap_or(256),
         max_calls: over.max_calls.or(file.max_calls).unwrap_or(100_000),
         offer_timeout: t(ft.offer, ot.offer, 120),
         media_timeout: t(ft.media, ot.media, 60),
@@ -510,6 +515,24 @@ mod tests {
             ..FileConfig::default()
         };
         assert_eq!(resolve(file, over).unwrap().port_quarantine, Duration::ZERO);
+    }
+
+    #[test]
+    fn port_reserve_defaults_and_overrides() {
+        let c = resolve(FileConfig::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.port_reserve, 256);
+        let file: FileConfig = toml::from_str("port_reserve = 1000\n").unwrap();
+        assert_eq!(
+            resolve(file.clone(), FileConfig::default())
+                .unwrap()
+                .port_reserve,
+            1000
+        );
+        let over = FileConfig {
+            port_reserve: Some(0),
+            ..FileConfig::default()
+        };
+        assert_eq!(resolve(file, over).unwrap().port_reserve, 0);
     }
 
     #[test]

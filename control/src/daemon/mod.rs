@@ -111,6 +111,15 @@ const USAGE_EVERY: Duration = Duration::from_secs(1);
 /// Most ng requests handled before their replies are sent (one bridge flush for them all).
 const NG_BATCH: usize = 32;
 
+/// Descriptors beyond the media sockets (database, API, event channel, clients).
+const FD_SLACK: usize = 4096;
+
+/// Port pairs bound per idle moment when the reserve is short (about 5 µs each).
+const RESERVE_SLICE: usize = 32;
+
+/// How long the control loop waits before refilling a short reserve.
+const RESERVE_IDLE: Duration = Duration::from_millis(1);
+
 /// Starts the HTTP API on its own thread (a small tokio runtime), with its own CDR store
 /// connection for reports.
 fn spawn_api(
@@ -160,6 +169,24 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             "fast path on: answered calls' RTP is forwarded in the kernel once it flows"
         );
     }
+    // Every media port can be a socket at once: in calls, or idle in the reserve.
+    let pairs =
+        (usize::from(cfg.ports.1.saturating_sub(cfg.ports.0)) / 2 + 1) * cfg.media_addresses.len();
+    let fd_limit = raise_fd_limit(2 * pairs + FD_SLACK);
+    // Idle pairs held bound: all the range can hold when descriptors allow, else a quarter
+    // of them. No reserve at all with 0: every pair is bound on demand and closed at release.
+    let reserve_max = if cfg.port_reserve == 0 {
+        0
+    } else if fd_limit >= 2 * pairs + FD_SLACK {
+        pairs
+    } else {
+        tracing::warn!(
+            fd_limit,
+            media_ports = 2 * pairs,
+            "the descriptor limit is below what the media port range needs: raise it (LimitNOFILE)"
+        );
+        fd_limit / 8
+    };
     let bridge = Arc::new(
         Bridge::start(BridgeConfig {
             addresses: cfg.media_addresses.clone(),
@@ -171,10 +198,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             // The control thread flushes before every ng reply and after every round of its
             // loop: one worker wake-up (and at most one wait) per request, not per command.
             batch_wakes: true,
+            reserve: cfg.port_reserve,
+            reserve_max,
             ..BridgeConfig::default()
         })
         .context("starting the media bridge")?,
     );
+    let mut reserve_missing = bridge.replenish(usize::MAX);
+    if reserve_missing > 0 {
+        tracing::warn!(
+            missing = reserve_missing,
+            "media port reserve not filled at start (ports busy or descriptor limit)"
+        );
+    }
     let writer = CdrWriter::start(
         store::open(&cfg.cdr_db)
             .with_context(|| format!("opening the CDR database {}", cfg.cdr_db))?,
@@ -284,9 +320,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .min();
-        let timeout = deadline.map_or(MAX_WAIT, |t| {
+        let mut timeout = deadline.map_or(MAX_WAIT, |t| {
             t.saturating_duration_since(Instant::now()).min(MAX_WAIT)
         });
+        if reserve_missing > 0 {
+            // Refill the port reserve in idle moments, a slice at a time.
+            timeout = timeout.min(RESERVE_IDLE);
+        }
         let ready = match wait::wait(sock.as_raw_fd(), &bell, timeout) {
             Ok(r) => r,
             Err(e) => {
@@ -295,6 +335,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 wait::Ready::default()
             }
         };
+        if !ready.ng && !ready.inbox {
+            // Nothing waiting: bind pairs now rather than while an offer waits.
+            reserve_missing = bridge.replenish(RESERVE_SLICE);
+        }
         if ready.ng {
             // Every request waiting (up to a batch), then one bridge flush, then the replies:
             // what the requests changed in the bridge is in effect before a reply acknowledges
@@ -794,4 +838,36 @@ fn answer_api<M: crate::engine::MediaPlane, D: Dataplane>(
             "services are handled by the control loop".into(),
         ))),
     }
+}
+
+/// Raises the descriptor limit toward `wanted` (each media port is a socket): past the hard
+/// limit when privileged, else to the hard limit. Returns the limit in effect.
+fn raise_fd_limit(wanted: usize) -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let wanted = libc::rlim_t::try_from(wanted).unwrap_or(libc::rlim_t::MAX);
+    // SAFETY: getrlimit/setrlimit on this process with valid structs.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < wanted {
+            let above = libc::rlimit {
+                rlim_cur: wanted,
+                rlim_max: wanted.max(r.rlim_max),
+            };
+            let to_hard = libc::rlimit {
+                rlim_cur: wanted.min(r.rlim_max),
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &above) == 0 {
+                r = above;
+            } else if libc::setrlimit(libc::RLIMIT_NOFILE, &to_hard) == 0 {
+                r = to_hard;
+            }
+        }
+    }
+    usize::try_from(r.rlim_cur).unwrap_or(usize::MAX)
 }
