@@ -345,7 +345,7 @@ pub fn run_step_with(
         }
     };
     let (sent, recv, backlog) = std::thread::scope(|s| {
-        let receiver = match sink {
+        let rx_thread = match sink {
             Some(_) => None,
             None => Some(
                 std::thread::Builder::new()
@@ -381,7 +381,7 @@ pub fn run_step_with(
             }
         }
         stop.store(true, Ordering::Relaxed);
-        let recv = match (receiver, sink) {
+        let recv = match (rx_thread, sink) {
             (Some(r), _) => r
                 .join()
                 .unwrap_or_else(|_| Err(Error::Invalid("the receiver thread panicked".into()))),
