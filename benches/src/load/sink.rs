@@ -155,13 +155,12 @@ impl XdpSink {
                 "{n} streams: the sink accounts for at most {SINK_MAX_STREAMS}"
             )));
         }
-        let set = |m: &mut Array<MapData, SinkConfig>, step: u32| {
-            m.set(0, SinkConfig { step, _pad: 0 }, 0)
-                .map_err(bpf_err("writing the sink's step"))
-        };
         // The new step id first, so that nothing from here on lands in the streams being zeroed
         // (this step's own packets only come once the sender starts).
-        set(&mut self.config, step)?;
+        let streams = n as u32; // n <= SINK_MAX_STREAMS, checked above
+        self.config
+            .set(0, SinkConfig { step, streams }, 0)
+            .map_err(bpf_err("writing the sink's step"))?;
         for p in std::mem::take(&mut self.mapped_ports) {
             self.ports
                 .set(u32::from(p), 0, 0)

@@ -72,8 +72,9 @@ pub struct SinkConfig {
     /// The step being measured: packets stamped with another step (the warm-up is step 0) are
     /// counted as stale and dropped, as the socket receiver does.
     pub step: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// Streams of the current call set: a stamp naming a stream at or beyond it is foreign, as
+    /// for the socket receiver.
+    pub streams: u32,
 }
 
 /// [`SinkStream::flags`]: a packet arrived, `highest` is valid.
@@ -184,8 +185,8 @@ pub struct SinkTotals {
     /// Stamped packets of the current step that arrived on another stream's port (a relay
     /// crossing calls), dropped.
     pub misrouted: u64,
-    /// Packets to a generator port without a valid stamp (or with a stream id out of range),
-    /// dropped: the socket receiver would have read and discarded them.
+    /// Packets to a generator port without a valid stamp, or of the current step with a stream
+    /// id beyond the call set, dropped: the socket receiver would have read and discarded them.
     pub foreign: u64,
     /// Sum of the recorded latencies, ns (exact mean).
     pub latency_sum_ns: u64,
@@ -297,7 +298,7 @@ macro_rules! sink_layout {
 }
 
 sink_layout! {
-    SinkConfig { step, _pad }
+    SinkConfig { step, streams }
     SinkStream { highest, window, received, duplicates, reordered, packets, bytes, flags, _pad }
     SinkTotals { counted, stale, misrouted, foreign, latency_sum_ns, latency_max_ns }
 }

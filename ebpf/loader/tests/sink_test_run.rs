@@ -56,8 +56,10 @@ impl Sink {
         s
     }
 
+    /// Step `step` of a call set of two streams.
     fn step(&mut self, step: u32) {
-        self.config.set(0, SinkConfig { step, _pad: 0 }, 0).unwrap();
+        let cfg = SinkConfig { step, streams: 2 };
+        self.config.set(0, cfg, 0).unwrap();
     }
 
     fn run(&mut self, frame: &[u8]) -> u32 {
@@ -234,14 +236,15 @@ fn sink_drops_stale_misrouted_and_foreign_packets_to_its_ports() {
     assert_eq!(s.run(&frame(GEN_A, stamped(1, 0, 1, now))), XDP_DROP);
     // Stream 1's packet on stream 0's port: a relay crossing calls.
     assert_eq!(s.run(&frame(GEN_A, stamped(2, 1, 0, now))), XDP_DROP);
-    // No stamp; a stream id beyond the table; too short for a stamp.
+    // No stamp; a stream id beyond the call set, and beyond the table; too short for a stamp.
     assert_eq!(s.run(&frame(GEN_A, vec![0x80; 172])), XDP_DROP);
+    assert_eq!(s.run(&frame(GEN_A, stamped(2, 2, 0, now))), XDP_DROP);
     assert_eq!(s.run(&frame(GEN_A, stamped(2, 70_000, 0, now))), XDP_DROP);
     assert_eq!(s.run(&frame(GEN_A, vec![0x80; 20])), XDP_DROP);
     let t = s.totals();
     assert_eq!(
         (t.counted, t.stale, t.misrouted, t.foreign),
-        (0, 2, 1, 3),
+        (0, 2, 1, 4),
         "{t:?}"
     );
     assert_eq!(s.stream(0), SinkStream::default());

@@ -151,12 +151,13 @@ fn try_sink(ctx: &XdpContext) -> Option<u32> {
     let seq = be64(&head, s + STAMP_SEQ);
     let sent_ns = be64(&head, s + STAMP_SENT_NS);
     // Written by userspace between steps.
-    let current = SINK_CONFIG.get(0).map_or(0, |c| c.step);
+    let (current, streams) = SINK_CONFIG.get(0).map_or((0, 0), |c| (c.step, c.streams));
     if step != current {
         unsafe { (*t).stale += 1 };
         return Some(xdp_action::XDP_DROP);
     }
-    if stream >= SINK_MAX_STREAMS {
+    // The same order of judgements as the socket receiver: stale, foreign, misrouted.
+    if stream >= streams || stream >= SINK_MAX_STREAMS {
         unsafe { (*t).foreign += 1 };
         return Some(xdp_action::XDP_DROP);
     }
