@@ -49,6 +49,15 @@ pub enum Error {
     /// The relay answered, but not usably (e.g. no media address in its SDP).
     #[error("{0}")]
     Relay(String),
+    /// Loading, attaching or reading the XDP receive sink failed.
+    #[error("{what}")]
+    Bpf {
+        /// The operation.
+        what: String,
+        /// What aya or the kernel said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The in-process bridge refused an operation.
     #[error("{what}: {source}")]
     Bridge {

@@ -4,7 +4,7 @@
 //! rtpedge-load (--ng ADDR:PORT | --in-process) [--calls N] --rate PPS [--duration S]
 //! rtpedge-load (--ng ADDR:PORT | --in-process) [--calls N] --search
 //! rtpedge-load --ng ADDR:PORT --signaling [--duration S] [--inflight 16]
-//!     [--relay-pid PID] [--pin CPU] [--json] ...
+//!     [--relay-pid PID] [--pin CPU] [--sink xdp --sink-interface IF] [--json] ...
 //! ```
 //!
 //! Media modes set up `--calls` calls with offer/answer on any ng relay (rtpedge, rtpengine),
@@ -17,6 +17,11 @@
 //! the calls. `--in-process` drives an `rtpedge_bridge::Bridge` in this process instead of a
 //! relay (legs provisioned, exact remotes, spliced): the bridge without the daemon; its CPU is
 //! that of its worker threads.
+//!
+//! Relayed packets are received by a receiver thread over the endpoint sockets, or, with
+//! `--sink xdp --sink-interface IF` (bench only, root), accounted for and dropped by an XDP
+//! program on the generator's interface, so that the generator's core only sends and the
+//! measurement reaches the relay's limit rather than the generator's. Same report either way.
 //!
 //! `--signaling` measures call setup instead: offer → answer → delete per call, with
 //! `--inflight` requests in flight, and reports calls/s and each request type's latency.
@@ -35,11 +40,12 @@ use clap::Parser;
 use rtpedge_benches::{
     load::{
         cpu::{self, RelayCpu},
-        run::{MediaConfig, MediaReport, Plan, Target, run_media},
+        run::{MediaConfig, MediaReport, Plan, Target, run_media_with},
         search::{Limit, Outcome, SearchConfig},
         signaling::{self, SignalingConfig, SignalingReport},
+        sink::XdpSink,
         stamp::MIN_PACKET,
-        traffic::{Latency, MAX_BURST, StepReport},
+        traffic::{Latency, MAX_BURST, Receiver, StepReport},
     },
     mmsg::MAX_PAYLOAD,
     rtp::G711_20MS_PAYLOAD,
@@ -138,6 +144,18 @@ struct Cli {
     /// Signaling: wait before retransmitting a request, milliseconds.
     #[arg(long, default_value_t = 1000)]
     ng_timeout_ms: u64,
+    /// Where the relayed packets are received. `socket`: a receiver thread reads every
+    /// endpoint socket (the generator's core receives everything through the stack). `xdp`:
+    /// bench only, an XDP program attached (native mode) to --sink-interface accounts for them
+    /// in the kernel (same loss, reordering and latency report; latency taken when XDP sees
+    /// the packet) and drops them, so the generator's core only sends. Needs root; detached
+    /// when rtpedge-load ends, however it ends.
+    #[arg(long, value_enum, default_value_t = SinkMode::Socket, conflicts_with_all = ["in_process", "signaling"])]
+    sink: SinkMode,
+    /// The interface the relayed packets arrive on (--sink xdp), in rtpedge-load's network
+    /// namespace. It must not have another XDP program.
+    #[arg(long, required_if_eq("sink", "xdp"))]
+    sink_interface: Option<String>,
     /// A name for this run, copied into the JSON.
     #[arg(long)]
     label: Option<String>,
@@ -147,6 +165,15 @@ struct Cli {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// How relayed packets are received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SinkMode {
+    /// Endpoint sockets, read by a receiver thread.
+    Socket,
+    /// The XDP receive sink on --sink-interface.
+    Xdp,
 }
 
 /// A positive, finite number of seconds.
@@ -348,8 +375,24 @@ fn media_main(cli: &Cli) -> anyhow::Result<()> {
             cfg.duration.as_secs_f64()
         );
     }
+    let mut sink = match (cli.sink, &cli.sink_interface) {
+        (SinkMode::Xdp, Some(iface)) => {
+            let sink = XdpSink::attach(iface)
+                .with_context(|| format!("--sink xdp on {iface} (needs root)"))?;
+            if !cli.quiet {
+                eprintln!("rtpedge-load: receiving through the XDP sink on {iface}");
+            }
+            Some(sink)
+        }
+        (SinkMode::Xdp, None) => bail!("--sink xdp needs --sink-interface"),
+        (SinkMode::Socket, _) => None,
+    };
+    let mut receiver = match sink.as_mut() {
+        Some(s) => Receiver::Sink(s),
+        None => Receiver::Sockets,
+    };
     let quiet = cli.quiet;
-    let report = run_media(&target, &cfg, plan, &probe, |s| {
+    let report = run_media_with(&target, &cfg, plan, &probe, &mut receiver, |s| {
         if !quiet {
             eprintln!("{}", step_line(s));
         }

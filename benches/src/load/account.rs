@@ -26,6 +26,17 @@ pub struct StreamRx {
 }
 
 impl StreamRx {
+    /// A stream's final counts as another receiver (the XDP sink) accounted them by the same
+    /// rules.
+    pub fn from_counts(received: u64, duplicates: u64, reordered: u64) -> StreamRx {
+        StreamRx {
+            received,
+            duplicates,
+            reordered,
+            ..StreamRx::default()
+        }
+    }
+
     /// Accounts for one packet with sequence number `seq`.
     pub fn on_packet(&mut self, seq: u64) {
         let Some(highest) = self.highest else {
@@ -165,6 +176,47 @@ mod tests {
     fn first_packet_need_not_be_zero() {
         let s = feed([5, 6, 4]);
         assert_eq!((s.received, s.reordered), (3, 1));
+    }
+
+    /// The XDP sink runs `rtpedge_common::sink::SinkStream` in the kernel: it must count
+    /// exactly as this receiver does, on any arrival order (losses, duplicates, late packets,
+    /// jumps past the window).
+    #[test]
+    fn the_sinks_accounting_matches_this_one() {
+        use rtpedge_common::sink::SinkStream;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..300 {
+            let mut a = StreamRx::default();
+            let mut b = SinkStream::default();
+            let mut next = rnd(1000);
+            for _ in 0..2000 {
+                let seq = match rnd(10) {
+                    0 => next.saturating_sub(rnd(200)), // late, maybe past the window
+                    1 => next.saturating_sub(1),        // duplicate or late
+                    2 => {
+                        next += rnd(if round % 2 == 0 { 5 } else { 300 }); // loss, or a jump
+                        next
+                    }
+                    _ => {
+                        next += 1;
+                        next
+                    }
+                };
+                a.on_packet(seq);
+                b.on_packet(seq, 1);
+                assert_eq!(
+                    (a.received, a.duplicates, a.reordered),
+                    (b.received, b.duplicates, b.reordered),
+                    "round {round}, seq {seq}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`sdp`]: the SDP offered and answered, and reading the relay's ports back;
 //! - [`calls`]: call setup and teardown, over ng or on an in-process bridge;
 //! - [`traffic`]: the sender and receiver threads of one measurement step;
+//! - [`sink`]: the in-kernel receive sink (`--sink xdp`): an XDP program on the generator's
+//!   interface accounts for and drops the relayed packets instead of the receiver thread;
 //! - [`run`]: a whole media measurement (setup, a fixed rate or a search, teardown);
 //! - [`signaling`]: the ng signaling benchmark (offer, answer, delete per second).
 //!
@@ -27,5 +29,6 @@ pub mod run;
 pub mod sdp;
 pub mod search;
 pub mod signaling;
+pub mod sink;
 pub mod stamp;
 pub mod traffic;

@@ -13,7 +13,7 @@ use super::{
     calls::{BridgeCalls, NgCalls, Timing},
     cpu::RelayCpu,
     search::{Limit, Outcome, Search, SearchConfig},
-    traffic::{self, Endpoints, StepConfig, StepReport},
+    traffic::{self, Endpoints, Receiver, StepConfig, StepReport},
 };
 use crate::{Error, rtp::G711_20MS_PAYLOAD};
 
@@ -159,12 +159,25 @@ fn teardown(calls: Calls<'_>) -> Timing {
     }
 }
 
-/// Runs a measurement; `on_step` sees each step as it completes (progress output).
+/// Runs a measurement with the socket receiver; `on_step` sees each step as it completes
+/// (progress output).
 pub fn run_media(
     target: &Target<'_>,
     cfg: &MediaConfig,
     plan: Plan,
     cpu: &RelayCpu,
+    on_step: impl FnMut(&StepReport),
+) -> Result<MediaReport, Error> {
+    run_media_with(target, cfg, plan, cpu, &mut Receiver::Sockets, on_step)
+}
+
+/// Runs a measurement, receiving through `receiver` (the sockets, or the XDP sink).
+pub fn run_media_with(
+    target: &Target<'_>,
+    cfg: &MediaConfig,
+    plan: Plan,
+    cpu: &RelayCpu,
+    receiver: &mut Receiver<'_>,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<MediaReport, Error> {
     if cfg.calls == 0 {
@@ -198,7 +211,8 @@ pub fn run_media(
     let result = (|| -> Result<(), Error> {
         match plan {
             Plan::Rate(rate) => {
-                let r = traffic::run_step(&eps, &step_cfg(1, rate, eps.streams()), cpu)?;
+                let r =
+                    traffic::run_step_with(&eps, &step_cfg(1, rate, eps.streams()), cpu, receiver)?;
                 on_step(&r);
                 report.steps.push(r);
             }
@@ -206,7 +220,12 @@ pub fn run_media(
                 let mut search = Search::new(sc);
                 let mut step = 1;
                 while let Some(rate) = search.next_rate() {
-                    let r = traffic::run_step(&eps, &step_cfg(step, rate, eps.streams()), cpu)?;
+                    let r = traffic::run_step_with(
+                        &eps,
+                        &step_cfg(step, rate, eps.streams()),
+                        cpu,
+                        receiver,
+                    )?;
                     step += 1;
                     on_step(&r);
                     search.record(rate, r.outcome);

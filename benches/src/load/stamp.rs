@@ -12,12 +12,19 @@
 //!        40  ... rest of the payload (PCMU silence)
 //! ```
 
+use rtpedge_common::sink::{
+    STAMP_OFFSET, STAMP_SENT_NS as SENT_NS, STAMP_SEQ as SEQ, STAMP_STEP as STEP,
+    STAMP_STREAM as STREAM,
+};
+
 use crate::rtp::RTP_HEADER_LEN;
 
-/// Marks a stamped packet.
-pub const MAGIC: [u8; 4] = *b"RTPL";
+/// Marks a stamped packet. The layout is shared with the XDP receive sink, which reads it in
+/// the kernel (`rtpedge_common::sink`).
+pub const MAGIC: [u8; 4] = rtpedge_common::sink::STAMP_MAGIC;
 /// Bytes of the stamp itself.
-pub const STAMP_LEN: usize = 28;
+pub const STAMP_LEN: usize = rtpedge_common::sink::STAMP_LEN;
+const _: () = assert!(STAMP_OFFSET == RTP_HEADER_LEN);
 /// The smallest packet that carries a stamp.
 pub const MIN_PACKET: usize = RTP_HEADER_LEN + STAMP_LEN;
 /// The step id of warm-up traffic, which the receiver ignores.
@@ -44,10 +51,10 @@ impl Stamp {
             return false;
         };
         dst[0..4].copy_from_slice(&MAGIC);
-        dst[4..8].copy_from_slice(&self.step.to_be_bytes());
-        dst[8..12].copy_from_slice(&self.stream.to_be_bytes());
-        dst[12..20].copy_from_slice(&self.seq.to_be_bytes());
-        dst[20..28].copy_from_slice(&self.sent_ns.to_be_bytes());
+        dst[STEP..STEP + 4].copy_from_slice(&self.step.to_be_bytes());
+        dst[STREAM..STREAM + 4].copy_from_slice(&self.stream.to_be_bytes());
+        dst[SEQ..SEQ + 8].copy_from_slice(&self.seq.to_be_bytes());
+        dst[SENT_NS..SENT_NS + 8].copy_from_slice(&self.sent_ns.to_be_bytes());
         true
     }
 
@@ -64,10 +71,10 @@ impl Stamp {
             u64::from_be_bytes(b)
         };
         Some(Stamp {
-            step: u32_at(4),
-            stream: u32_at(8),
-            seq: u64_at(12),
-            sent_ns: u64_at(20),
+            step: u32_at(STEP),
+            stream: u32_at(STREAM),
+            seq: u64_at(SEQ),
+            sent_ns: u64_at(SENT_NS),
         })
     }
 }
@@ -107,6 +114,30 @@ mod tests {
         assert_eq!(&pkt[..4], &[0x80, 0, 0, 3]);
         // The rest of the payload is still silence.
         assert!(pkt[MIN_PACKET..].iter().all(|b| *b == 0xff));
+    }
+
+    #[test]
+    fn layout_is_the_documented_one() {
+        let mut pkt = [0u8; MIN_PACKET];
+        Stamp {
+            step: 0x0102_0304,
+            stream: 0x0506_0708,
+            seq: 0x1112_1314_1516_1718,
+            sent_ns: 0x2122_2324_2526_2728,
+        }
+        .write(&mut pkt);
+        let s = &pkt[12..];
+        assert_eq!(&s[0..4], b"RTPL");
+        assert_eq!(&s[4..8], &[1, 2, 3, 4]);
+        assert_eq!(&s[8..12], &[5, 6, 7, 8]);
+        assert_eq!(
+            &s[12..20],
+            &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
+        assert_eq!(
+            &s[20..28],
+            &[0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28]
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - Receiver: level-triggered epoll over every endpoint socket, `recvmmsg` (non-blocking,
 //!   batches of 64) on each ready one; per packet it reads the stamp, accounts for the stream
 //!   (see [`super::account`]) and records `now - sent` into an HDR histogram allocated before
-//!   the step.
+//!   the step. Or, with [`Receiver::Sink`], no receiver thread: an XDP program on the
+//!   generator's interface does that accounting in the kernel and drops the packets (see
+//!   [`super::sink`]); the step reads its maps at the end.
 //! - Verdict: a step passes when the rate was offered (at least 97 %) and loss stayed below
 //!   the threshold; it is *generator-limited* (no verdict about the relay) when the generator
 //!   could not offer the rate, when most loss was at its own sockets, or when it ran at 95 % of
@@ -39,6 +41,7 @@ use super::{
     account::{StreamRx, Totals},
     cpu::{self, CpuSample, RelayCpu},
     search::Outcome,
+    sink::{SinkReading, XdpSink},
     stamp::{MIN_PACKET, Stamp, WARMUP_STEP, now_ns},
 };
 use crate::{
@@ -260,10 +263,45 @@ struct RecvOutcome {
     misrouted: u64,
     stale: u64,
     foreign: u64,
+    /// Exact mean and maximum latency (ns) where the histogram only has bucket resolution.
+    exact_mean_max_ns: Option<(f64, u64)>,
 }
 
-/// Runs one step over `eps` and reports it.
+impl From<SinkReading> for RecvOutcome {
+    fn from(r: SinkReading) -> Self {
+        RecvOutcome {
+            rx: r.rx,
+            hist: r.hist,
+            misrouted: r.misrouted,
+            stale: r.stale,
+            foreign: r.foreign,
+            exact_mean_max_ns: r.mean_ns.map(|m| (m, r.max_ns)),
+        }
+    }
+}
+
+/// Where the relayed packets are received and accounted for.
+pub enum Receiver<'s> {
+    /// A receiver thread reads every endpoint socket (`recvmmsg` over epoll).
+    Sockets,
+    /// An XDP program on the generator's interface accounts for them and drops them; the
+    /// generator reads its maps after the step.
+    Sink(&'s mut XdpSink),
+}
+
+/// Runs one step over `eps` with the socket receiver and reports it.
 pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<StepReport, Error> {
+    run_step_with(eps, cfg, cpu, &mut Receiver::Sockets)
+}
+
+/// Runs one step over `eps`, receiving through `receiver`, and reports it. Both receivers
+/// fill the same report with the same meaning.
+pub fn run_step_with(
+    eps: &Endpoints,
+    cfg: &StepConfig,
+    cpu: &RelayCpu,
+    receiver: &mut Receiver<'_>,
+) -> Result<StepReport, Error> {
     eps.validate()?;
     if cfg.step == WARMUP_STEP {
         return Err(Error::Invalid("step 0 is the warm-up".into()));
@@ -290,13 +328,32 @@ pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<Ste
         .filter_map(|s| s.local_addr().ok())
         .collect();
     let before = (udp_stats(&relay_ports), udp_stats(&own_ports));
+    if let Receiver::Sink(sink) = receiver {
+        sink.prepare(cfg.step, eps)?;
+    }
+    let sink: Option<&XdpSink> = match receiver {
+        Receiver::Sink(sink) => Some(&**sink),
+        Receiver::Sockets => None,
+    };
     let stop = AtomicBool::new(false);
     let progress = AtomicU64::new(0);
+    // Packets taken so far by whichever receiver runs.
+    let arrived = || -> Result<u64, Error> {
+        match sink {
+            Some(sink) => sink.progress(),
+            None => Ok(progress.load(Ordering::Relaxed)),
+        }
+    };
     let (sent, recv, backlog) = std::thread::scope(|s| {
-        let receiver = std::thread::Builder::new()
-            .name("load-rx".into())
-            .spawn_scoped(s, || receive(eps, cfg, &stop, &progress))
-            .map_err(Error::io("starting the receiver thread"))?;
+        let rx_thread = match sink {
+            Some(_) => None,
+            None => Some(
+                std::thread::Builder::new()
+                    .name("load-rx".into())
+                    .spawn_scoped(s, || receive(eps, cfg, &stop, &progress))
+                    .map_err(Error::io("starting the receiver thread"))?,
+            ),
+        };
         let sender = std::thread::Builder::new()
             .name("load-tx".into())
             .spawn_scoped(s, || send(eps, cfg, cpu))
@@ -311,11 +368,11 @@ pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<Ste
         let backlog = (udp_stats(&relay_ports), udp_stats(&own_ports));
         // Let packets in flight arrive: until nothing came for QUIET, at most `drain`.
         let deadline = now_ns() + cfg.drain.as_nanos() as u64;
-        let mut last = progress.load(Ordering::Relaxed);
+        let mut last = arrived()?;
         let mut last_change = now_ns();
         while sent.is_ok() && now_ns() < deadline {
             std::thread::sleep(Duration::from_millis(5));
-            let p = progress.load(Ordering::Relaxed);
+            let p = arrived()?;
             if p != last {
                 last = p;
                 last_change = now_ns();
@@ -324,9 +381,13 @@ pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<Ste
             }
         }
         stop.store(true, Ordering::Relaxed);
-        let recv = receiver
-            .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("the receiver thread panicked".into())));
+        let recv = match (rx_thread, sink) {
+            (Some(r), _) => r
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("the receiver thread panicked".into()))),
+            (None, Some(sink)) => sink.read().map(RecvOutcome::from),
+            (None, None) => Err(Error::Invalid("no receiver".into())),
+        };
         Ok::<_, Error>((sent, recv, backlog))
     })?;
     let (sent, recv, backlog) = (sent?, recv?, backlog);
@@ -381,7 +442,14 @@ pub fn run_step(eps: &Endpoints, cfg: &StepConfig, cpu: &RelayCpu) -> Result<Ste
         relay_queued_bytes: backlog.0.ok().map(|s| s.queued_bytes),
         generator_queued_bytes: backlog.1.ok().map(|s| s.queued_bytes),
         generator_socket_drops,
-        latency_us: Latency::of_ns(&recv.hist),
+        latency_us: Latency::of_ns(&recv.hist).map(|mut l| {
+            // The sink's histogram has bucket resolution; it keeps the exact mean and maximum.
+            if let Some((mean_ns, max_ns)) = recv.exact_mean_max_ns {
+                l.mean = mean_ns / 1000.0;
+                l.max = max_ns as f64 / 1000.0;
+            }
+            l
+        }),
         relay_cpu_s,
         relay_us_per_packet: relay_cpu_s
             .filter(|_| totals.received > 0)
@@ -606,6 +674,7 @@ fn receive(
         misrouted: 0,
         stale: 0,
         foreign: 0,
+        exact_mean_max_ns: None,
     };
     loop {
         let stopping = stop.load(Ordering::Relaxed);

@@ -16,6 +16,7 @@
 pub mod forward;
 pub mod logic;
 pub mod rtp_stats;
+pub mod sink;
 
 /// Version of the pinned map layout. Bump on any change to a map's key, value, size or meaning.
 pub const SCHEMA_VERSION: u32 = 2;

@@ -33,6 +33,12 @@ pub use types::{
 pub static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rtpedge-ebpf"));
 
+/// Bench only: the load generator's XDP receive sink (`xdp_sink` and its maps, see
+/// `rtpedge_common::sink`), built with the data plane but a separate object that the daemon
+/// never loads. `rtpedge-load --sink xdp` attaches it to the generator's interface.
+pub static SINK_BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rtpedge-sink"));
+
 /// Pinhole operations on a data plane: the kernel's pinned maps ([`KernelDataplane`]) or an
 /// in-memory model ([`FakeDataplane`]). All addresses are the local address and port media
 /// arrives on (the pinhole key).

@@ -125,3 +125,70 @@ fn counter_names_are_unique_and_cover_the_operator_contract() {
         assert_eq!(*c as usize, i);
     }
 }
+
+/// The load generator's XDP sink (bench only) is a separate object with its own shared types.
+#[test]
+fn sink_bpf_and_host_layouts_agree_field_by_field() {
+    use rtpedge_common::sink::{SINK_LAYOUT, SINK_LAYOUT_NAMES, SINK_LAYOUT_SYMBOL, SinkStream};
+    let elf = object::File::parse(rtpedge_dataplane::SINK_BPF_OBJECT).expect("sink object");
+    let sym = elf
+        .symbols()
+        .find(|s| s.name() == Ok(SINK_LAYOUT_SYMBOL))
+        .expect("sink layout symbol");
+    let data = elf
+        .section_by_name(LAYOUT_SECTION)
+        .expect("layout section in the sink object")
+        .data()
+        .expect("layout section data");
+    let start = sym.address() as usize;
+    let bpf: Vec<u32> = data[start..start + SINK_LAYOUT.len() * 4]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let mismatches: Vec<String> = SINK_LAYOUT_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bpf[*i] != SINK_LAYOUT[*i])
+        .map(|(i, n)| format!("{n}: bpf {} host {}", bpf[i], SINK_LAYOUT[i]))
+        .collect();
+    assert!(mismatches.is_empty(), "sink layout differs: {mismatches:?}");
+    assert!(SINK_LAYOUT.contains(&(size_of::<SinkStream>() as u32)));
+    assert!(SINK_LAYOUT_NAMES.contains(&"SinkStream.window"));
+}
+
+#[test]
+fn sink_map_definitions_match_the_shared_types() {
+    use rtpedge_common::sink::{
+        LATENCY_BUCKETS, SINK_MAX_STREAMS, SINK_PORTS, SinkConfig, SinkStream, SinkTotals,
+        map_names as sink,
+    };
+    let obj = aya_obj::Object::parse(rtpedge_dataplane::SINK_BPF_OBJECT).expect("sink object");
+    let expect: [(&str, usize, u32); 5] = [
+        (sink::SINK_CONFIG, size_of::<SinkConfig>(), 1),
+        (sink::SINK_PORTS, 4, SINK_PORTS),
+        (
+            sink::SINK_STREAMS,
+            size_of::<SinkStream>(),
+            SINK_MAX_STREAMS,
+        ),
+        (sink::SINK_LATENCY, 8, LATENCY_BUCKETS),
+        (sink::SINK_TOTALS, size_of::<SinkTotals>(), 1),
+    ];
+    assert_eq!(
+        obj.maps.len(),
+        expect.len(),
+        "{:?}",
+        obj.maps.keys().collect::<Vec<_>>()
+    );
+    for (name, v, n) in expect {
+        let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name}"));
+        assert_eq!(
+            (m.key_size(), m.value_size(), m.max_entries()),
+            (4, v as u32, n),
+            "{name}"
+        );
+    }
+    // None of the data plane's maps, and the data plane's object none of the sink's.
+    let dp = aya_obj::Object::parse(BPF_OBJECT).expect("data plane object");
+    assert!(dp.maps.keys().all(|k| !k.starts_with("SINK_")));
+}
