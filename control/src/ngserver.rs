@@ -125,6 +125,48 @@ impl NgServer {
         from: SocketAddr,
         now: Timestamp,
     ) -> Option<Vec<u8>> {
+        let stage = self.decode(datagram, from, now);
+        self.complete(engine, admission, stage, now)
+    }
+
+    /// Handles the request datagrams that arrived together, in order, and returns each reply
+    /// (None: nothing to answer). Each reply is what [`NgServer::handle`] would give; the
+    /// calls the batch deletes have their media stopped together first, so the media plane is
+    /// waited for once per batch, not once per delete.
+    pub fn handle_batch<'a, M: MediaPlane, D: Dataplane>(
+        &mut self,
+        engine: &mut Engine<M, D>,
+        admission: &mut dyn Admission,
+        datagrams: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
+        now: Timestamp,
+        replies: &mut Vec<(Vec<u8>, SocketAddr)>,
+    ) {
+        let stages: Vec<(Stage, SocketAddr)> = datagrams
+            .into_iter()
+            .map(|(d, from)| (self.decode(d, from, now), from))
+            .collect();
+        let mut deletes = 0;
+        for (stage, _) in &stages {
+            if let Stage::Parsed(p) = stage
+                && let Request::Delete(d) = &p.request
+            {
+                engine.stop_media(&d.call_id);
+                deletes += 1;
+            }
+        }
+        if deletes > 0 {
+            engine.flush_media();
+        }
+        for (stage, from) in stages {
+            if let Some(reply) = self.complete(engine, admission, stage, now) {
+                replies.push((reply, from));
+            }
+        }
+    }
+
+    /// A datagram decoded: answered from the reply cache, refused as malformed, or a request
+    /// to execute.
+    fn decode(&mut self, datagram: &[u8], from: SocketAddr, now: Timestamp) -> Stage {
         if let Ok((cookie, _)) = ng::split_cookie(datagram)
             && let Some(cached) = self.cache.get(cookie, now.mono)
         {
@@ -133,30 +175,58 @@ impl NgServer {
                 .counts
                 .entry(("retransmission", "cached".into()))
                 .or_default() += 1;
-            return Some(reply);
+            return Stage::Done(Some(reply));
         }
-        let (cookie, bytes) = match ng::parse_request(datagram) {
-            Ok(p) => {
-                let mut warnings = p.warnings;
-                let command = p.request.command().as_str();
-                let mut value = self.execute(engine, admission, p.request, &mut warnings, now);
-                let result = value.get_str("result").unwrap_or("none").to_string();
-                *self.counts.entry((command, result)).or_default() += 1;
-                reply::add_warning(&mut value, warnings.to_text().as_deref());
-                let bytes = encode_reply(&p.cookie, &value, p.encoding.is_json());
-                (p.cookie, bytes)
-            }
+        match ng::parse_request(datagram) {
+            Ok(p) => Stage::Parsed(Box::new(p)),
             Err(e) => {
                 *self
                     .counts
                     .entry(("malformed", "error".into()))
                     .or_default() += 1;
                 tracing::debug!(%from, reason = %e.reason(), "malformed ng request");
-                let bytes = e.reply()?;
-                (e.cookie?, bytes)
+                let Some(bytes) = e.reply() else {
+                    return Stage::Done(None);
+                };
+                match e.cookie {
+                    Some(cookie) => {
+                        self.cache.insert(&cookie, bytes.clone(), now.mono);
+                        Stage::Done(Some(bytes))
+                    }
+                    None => Stage::Done(None),
+                }
             }
+        }
+    }
+
+    /// Executes a decoded request and caches its reply.
+    fn complete<M: MediaPlane, D: Dataplane>(
+        &mut self,
+        engine: &mut Engine<M, D>,
+        admission: &mut dyn Admission,
+        stage: Stage,
+        now: Timestamp,
+    ) -> Option<Vec<u8>> {
+        let p = match stage {
+            Stage::Done(reply) => return reply,
+            Stage::Parsed(p) => *p,
         };
-        self.cache.insert(&cookie, bytes.clone(), now.mono);
+        // A retransmission in the same batch as its original is answered from the cache too.
+        if let Some(cached) = self.cache.get(&p.cookie, now.mono) {
+            *self
+                .counts
+                .entry(("retransmission", "cached".into()))
+                .or_default() += 1;
+            return Some(cached.to_vec());
+        }
+        let mut warnings = p.warnings;
+        let command = p.request.command().as_str();
+        let mut value = self.execute(engine, admission, p.request, &mut warnings, now);
+        let result = value.get_str("result").unwrap_or("none").to_string();
+        *self.counts.entry((command, result)).or_default() += 1;
+        reply::add_warning(&mut value, warnings.to_text().as_deref());
+        let bytes = encode_reply(&p.cookie, &value, p.encoding.is_json());
+        self.cache.insert(&p.cookie, bytes.clone(), now.mono);
         Some(bytes)
     }
 
@@ -424,6 +494,14 @@ fn protocol_change(
             });
         }
     }
+}
+
+/// A request datagram between decoding and execution.
+enum Stage {
+    /// Nothing to execute: the cached reply, a malformed request's error, or no answer.
+    Done(Option<Vec<u8>>),
+    /// A request to execute.
+    Parsed(Box<ng::ParsedRequest>),
 }
 
 /// Why an offer or answer was refused.
@@ -837,6 +915,123 @@ mod tests {
                 "{call}"
             );
         }
+    }
+
+    /// A batch gives the same replies as its requests one by one, stops every deleted call's
+    /// media before any reply, and waits for the media plane once instead of once per delete.
+    #[test]
+    fn a_batch_answers_as_one_by_one_and_waits_for_the_media_plane_once() {
+        let now = Timestamp::now();
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let request = |cookie: &str, v: Value| {
+            let mut out = format!("{cookie} ").into_bytes();
+            ng::encode(&v, &mut out);
+            out
+        };
+        let answer = |call: &str| {
+            request(
+                &format!("{call}-a"),
+                Value::new_dict()
+                    .with("command", "answer")
+                    .with("call-id", call)
+                    .with("from-tag", "ft")
+                    .with("to-tag", "tt")
+                    .with(
+                        "sdp",
+                        "v=0\r\no=- 2 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n",
+                    ),
+            )
+        };
+        let delete = |cookie: &str, call: &str| {
+            request(
+                cookie,
+                Value::new_dict()
+                    .with("command", "delete")
+                    .with("call-id", call)
+                    .with("from-tag", "ft"),
+            )
+        };
+        let query = request(
+            "q3",
+            Value::new_dict()
+                .with("command", "query")
+                .with("call-id", "c3"),
+        );
+        let batch: Vec<Vec<u8>> = vec![
+            delete("d1", "c1"),
+            query.clone(),
+            delete("d2", "c2"),
+            delete("d1", "c1"),
+            delete("d9", "nobody"),
+            b"garbage".to_vec(),
+            b"dx d5:helloe".to_vec(),
+        ];
+        let mut replies = Vec::new();
+        for batched in [true, false] {
+            let mut ng = NgServer::new(Vec::new());
+            let mut engine = Engine::new(
+                EngineConfig::default(),
+                FakeMedia::new("203.0.113.1".parse().unwrap()),
+                FakeDataplane::new(),
+            );
+            for call in ["c1", "c2", "c3"] {
+                for req in [offer(call, &[]), answer(call)] {
+                    let r = ng
+                        .handle(&mut engine, &mut AdmitAll, &req, from, now)
+                        .unwrap();
+                    assert!(String::from_utf8_lossy(&r).contains("6:result2:ok"));
+                }
+            }
+            assert_eq!(engine.media().splices.len(), 3);
+            let waits = engine.media().waits;
+            let mut out = Vec::new();
+            if batched {
+                ng.handle_batch(
+                    &mut engine,
+                    &mut AdmitAll,
+                    batch.iter().map(|d| (d.as_slice(), from)),
+                    now,
+                    &mut out,
+                );
+                assert_eq!(engine.media().waits - waits, 1, "one wait for both deletes");
+            } else {
+                for d in &batch {
+                    if let Some(r) = ng.handle(&mut engine, &mut AdmitAll, d, from, now) {
+                        out.push((r, from));
+                    }
+                }
+                assert_eq!(engine.media().waits - waits, 2, "one wait per delete");
+            }
+            assert_eq!(engine.media().splices.len(), 1, "only c3 still spliced");
+            assert_eq!(engine.media().unflushed, 0);
+            replies.push(out);
+        }
+        assert_eq!(
+            replies[0].len(),
+            6,
+            "garbage without a cookie gets no answer"
+        );
+        assert_eq!(replies[0], replies[1]);
+        let text: Vec<String> = replies[0]
+            .iter()
+            .map(|(r, _)| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        assert!(text[0].starts_with("d1 ") && text[0].contains("6:result2:ok"));
+        assert!(
+            text[0].contains("6:totals"),
+            "the final statistics: {}",
+            text[0]
+        );
+        assert_eq!(
+            text[0], text[3],
+            "the retransmission is answered from the cache"
+        );
+        assert!(text[4].contains("Call-ID not found"), "{}", text[4]);
+        assert!(
+            text[5].starts_with("dx ") && text[5].contains("5:error"),
+            "{}",
+            text[5]
+        );
     }
 
     // ---- rtcp-mux, transport-protocol, asymmetric through the ng front end ----

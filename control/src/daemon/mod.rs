@@ -307,7 +307,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&stop),
     )
     .context("starting the control inbox")?;
-    let mut buf = vec![0u8; 65536];
+    // One buffer per request of a batch: the batch is read whole, then handled.
+    let mut bufs: Vec<Vec<u8>> = (0..NG_BATCH).map(|_| vec![0u8; 65536]).collect();
+    let mut received: Vec<(usize, SocketAddr)> = Vec::with_capacity(NG_BATCH);
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(NG_BATCH);
     while !stop.load(Ordering::Relaxed) {
         // Sleep until the next request, other input or engine deadline: timers fire on time
@@ -343,22 +345,34 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             // Every request waiting (up to a batch), then one bridge flush, then the replies:
             // what the requests changed in the bridge is in effect before a reply acknowledges
             // it (a splice forwards, a deleted call forwards nothing).
-            for _ in 0..NG_BATCH {
-                let (n, from) = match sock.recv_from(&mut buf) {
-                    Ok(x) => x,
+            received.clear();
+            let mut errors = 0;
+            while received.len() < NG_BATCH && errors < NG_BATCH {
+                let Some(buf) = bufs.get_mut(received.len()) else {
+                    break;
+                };
+                match sock.recv_from(buf) {
+                    Ok((n, from)) => received.push((n, from)),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // ICMP errors of earlier replies surface here; keep reading.
                         tracing::debug!(error = %e, "ng socket");
-                        continue;
+                        errors += 1;
                     }
-                };
-                let now = Timestamp::now();
-                if let Some(reply) = ng.handle(&mut engine, &mut charging, &buf[..n], from, now) {
-                    replies.push((reply, from));
                 }
             }
+            let now = Timestamp::now();
+            ng.handle_batch(
+                &mut engine,
+                &mut charging,
+                received
+                    .iter()
+                    .zip(&bufs)
+                    .map(|(&(n, from), buf)| (&buf[..n.min(buf.len())], from)),
+                now,
+                &mut replies,
+            );
             if let Err(e) = bridge.flush() {
                 tracing::error!(error = %e, "bridge flush");
             }

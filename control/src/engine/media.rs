@@ -137,6 +137,8 @@ pub struct FakeMedia {
     /// Changes (remotes, media timeouts, splices, unsplices, releases) made since the last
     /// `flush`: those a real media plane may not have applied yet.
     pub unflushed: u64,
+    /// Flushes that had changes to apply: where a real media plane waits for its workers.
+    pub waits: u64,
 }
 
 impl FakeMedia {
@@ -153,6 +155,7 @@ impl FakeMedia {
             released: Vec::new(),
             fail_provision: false,
             unflushed: 0,
+            waits: 0,
         }
     }
 
@@ -328,6 +331,9 @@ impl MediaPlane for FakeMedia {
         })
     }
     fn flush(&mut self) -> Result<(), BridgeError> {
+        if self.unflushed > 0 {
+            self.waits += 1;
+        }
         self.unflushed = 0;
         Ok(())
     }

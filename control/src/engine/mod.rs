@@ -862,6 +862,15 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
     /// Unsplices a pair and closes its pinholes; its legs stay provisioned (re-offer may
     /// enable it again).
     fn disable_pair(&mut self, call_id: &str, i: usize) {
+        let already = self
+            .calls
+            .get(call_id)
+            .and_then(|c| c.pairs.get(i))
+            .is_none_or(|p| p.disabled && p.splices.is_empty());
+        if already {
+            // Disabled before (a re-offer, or `stop_media`): nothing left to stop.
+            return;
+        }
         self.clear_fast_path(call_id, i);
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -885,6 +894,29 @@ impl<M: MediaPlane, D: Dataplane> Engine<M, D> {
             if let Err(e) = self.dp.close_pinhole(local) {
                 tracing::warn!(call = call_id, %local, error = %e, "closing pinhole failed");
             }
+        }
+    }
+
+    /// Stops a live call's media (unsplices its legs, closes its pinholes) without waiting for
+    /// the media plane, for a front end about to end several calls: it stops them all, then
+    /// [`Engine::flush_media`] once, then ends each, whose own flush then has nothing to wait
+    /// for. A call that ends anyway; unknown or ended calls are left alone.
+    pub fn stop_media(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        if call.state == State::Ended {
+            return;
+        }
+        for i in 0..call.pairs.len() {
+            self.disable_pair(call_id, i);
+        }
+    }
+
+    /// Puts in effect what was posted to the media plane (see [`Engine::stop_media`]).
+    pub fn flush_media(&mut self) {
+        if let Err(e) = self.media.flush() {
+            tracing::error!(error = %e, "media plane flush failed");
         }
     }
 
