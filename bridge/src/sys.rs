@@ -70,6 +70,8 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// A batch of receive buffers with their `mmsghdr`s, set up once.
 pub struct RecvBatch {
+    /// Bytes per buffer.
+    size: usize,
     bufs: Box<[u8]>,
     iovs: Box<[libc::iovec]>,
     addrs: Box<[libc::sockaddr_storage]>,
@@ -82,15 +84,21 @@ unsafe impl Send for RecvBatch {}
 impl RecvBatch {
     /// `n` buffers of [`MAX_DATAGRAM`] bytes.
     pub fn new(n: usize) -> Self {
+        Self::with_size(n, MAX_DATAGRAM)
+    }
+
+    /// `n` buffers of `size` bytes (at least one of each).
+    pub fn with_size(n: usize, size: usize) -> Self {
         let n = n.max(1);
-        let mut bufs = vec![0u8; n * MAX_DATAGRAM].into_boxed_slice();
+        let size = size.max(1);
+        let mut bufs = vec![0u8; n * size].into_boxed_slice();
         // SAFETY: all-zero is a valid value for these C structs.
         let mut addrs: Box<[libc::sockaddr_storage]> =
             (0..n).map(|_| unsafe { zeroed() }).collect();
         let mut iovs: Box<[libc::iovec]> = (0..n)
             .map(|i| libc::iovec {
-                iov_base: bufs[i * MAX_DATAGRAM..].as_mut_ptr() as *mut libc::c_void,
-                iov_len: MAX_DATAGRAM,
+                iov_base: bufs[i * size..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: size,
             })
             .collect();
         let msgs: Box<[libc::mmsghdr]> = (0..n)
@@ -105,6 +113,7 @@ impl RecvBatch {
             })
             .collect();
         Self {
+            size,
             bufs,
             iovs,
             addrs,
@@ -145,16 +154,16 @@ impl RecvBatch {
     }
 
     /// Packet `i` of the last `recv`: its bytes and source, or `None` if it was truncated
-    /// (longer than [`MAX_DATAGRAM`]) or has no usable source address.
+    /// (longer than the buffer) or has no usable source address.
     #[inline]
     pub fn packet(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let m = &self.msgs[i];
         if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return None;
         }
-        let len = (m.msg_len as usize).min(MAX_DATAGRAM);
+        let len = (m.msg_len as usize).min(self.size);
         let src = from_storage(&self.addrs[i])?;
-        Some((&self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len], src))
+        Some((&self.bufs[i * self.size..i * self.size + len], src))
     }
 
     /// Keeps `iovs` alive (they are referenced only through raw pointers).

@@ -126,7 +126,7 @@ impl NgServer {
         now: Timestamp,
     ) -> Option<Vec<u8>> {
         let stage = self.decode(datagram, from, now);
-        self.complete(engine, admission, stage, now)
+        self.complete(engine, admission, stage, false, now)
     }
 
     /// Handles the request datagrams that arrived together, in order, and returns each reply
@@ -157,8 +157,18 @@ impl NgServer {
         if deletes > 0 {
             engine.flush_media();
         }
-        for (stage, from) in stages {
-            if let Some(reply) = self.complete(engine, admission, stage, now) {
+        // A retransmission in the same batch as its original is answered from the cache once
+        // the original has run.
+        let repeated: Vec<bool> = (0..stages.len())
+            .map(|i| match &stages[i].0 {
+                Stage::Parsed(p) => stages[..i]
+                    .iter()
+                    .any(|(s, _)| matches!(s, Stage::Parsed(q) if q.cookie == p.cookie)),
+                Stage::Done(_) => false,
+            })
+            .collect();
+        for ((stage, from), repeated) in stages.into_iter().zip(repeated) {
+            if let Some(reply) = self.complete(engine, admission, stage, repeated, now) {
                 replies.push((reply, from));
             }
         }
@@ -199,20 +209,21 @@ impl NgServer {
         }
     }
 
-    /// Executes a decoded request and caches its reply.
+    /// Executes a decoded request and caches its reply; `repeated`: its cookie came earlier
+    /// in the same batch, so the reply may be cached by now.
     fn complete<M: MediaPlane, D: Dataplane>(
         &mut self,
         engine: &mut Engine<M, D>,
         admission: &mut dyn Admission,
         stage: Stage,
+        repeated: bool,
         now: Timestamp,
     ) -> Option<Vec<u8>> {
         let p = match stage {
             Stage::Done(reply) => return reply,
             Stage::Parsed(p) => *p,
         };
-        // A retransmission in the same batch as its original is answered from the cache too.
-        if let Some(cached) = self.cache.get(&p.cookie, now.mono) {
+        if repeated && let Some(cached) = self.cache.get(&p.cookie, now.mono) {
             *self
                 .counts
                 .entry(("retransmission", "cached".into()))

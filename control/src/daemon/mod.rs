@@ -307,9 +307,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&stop),
     )
     .context("starting the control inbox")?;
-    // One buffer per request of a batch: the batch is read whole, then handled.
-    let mut bufs: Vec<Vec<u8>> = (0..NG_BATCH).map(|_| vec![0u8; 65536]).collect();
-    let mut received: Vec<(usize, SocketAddr)> = Vec::with_capacity(NG_BATCH);
+    // One buffer per request of a batch (any UDP datagram fits): the batch is read whole, in
+    // one recvmmsg, then handled.
+    let mut batch = rtpedge_bridge::sys::RecvBatch::with_size(NG_BATCH, 65536);
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(NG_BATCH);
     while !stop.load(Ordering::Relaxed) {
         // Sleep until the next request, other input or engine deadline: timers fire on time
@@ -345,20 +345,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             // Every request waiting (up to a batch), then one bridge flush, then the replies:
             // what the requests changed in the bridge is in effect before a reply acknowledges
             // it (a splice forwards, a deleted call forwards nothing).
-            received.clear();
-            let mut errors = 0;
-            while received.len() < NG_BATCH && errors < NG_BATCH {
-                let Some(buf) = bufs.get_mut(received.len()) else {
-                    break;
-                };
-                match sock.recv_from(buf) {
-                    Ok((n, from)) => received.push((n, from)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            let mut received = 0;
+            for _ in 0..NG_BATCH {
+                match batch.recv(sock.as_raw_fd()) {
+                    Ok(n) => {
+                        received = n;
+                        break;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // ICMP errors of earlier replies surface here; keep reading.
                         tracing::debug!(error = %e, "ng socket");
-                        errors += 1;
                     }
                 }
             }
@@ -366,10 +363,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             ng.handle_batch(
                 &mut engine,
                 &mut charging,
-                received
-                    .iter()
-                    .zip(&bufs)
-                    .map(|(&(n, from), buf)| (&buf[..n.min(buf.len())], from)),
+                (0..received).filter_map(|i| batch.packet(i)),
                 now,
                 &mut replies,
             );

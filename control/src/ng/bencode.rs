@@ -29,6 +29,9 @@ pub const MAX_DEPTH: usize = 32;
 /// Largest input accepted: one UDP datagram's worth.
 pub const MAX_INPUT: usize = 64 * 1024;
 
+/// Dictionaries up to this many pairs are sorted for encoding without a heap allocation.
+const SMALL_DICT: usize = 32;
+
 /// A bencoded value. See the module documentation for the dictionary representation.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Value {
@@ -367,12 +370,37 @@ pub fn encode(value: &Value, out: &mut Vec<u8>) {
             out.push(b'e');
         }
         Value::Dict(pairs) => {
-            let mut sorted: Vec<&(Vec<u8>, Value)> = pairs.iter().collect();
-            sorted.sort_by(|a, b| a.0.cmp(&b.0));
             out.push(b'd');
-            for (key, value) in sorted {
-                encode_bytes(key, out);
-                encode(value, out);
+            if pairs.is_sorted_by(|a, b| a.0 <= b.0) {
+                for (key, value) in pairs {
+                    encode_bytes(key, out);
+                    encode(value, out);
+                }
+            } else if pairs.len() <= SMALL_DICT {
+                // A reply's dictionaries are small: sort indices on the stack (insertion sort,
+                // stable), not a vector of references on the heap.
+                let mut order = [0u8; SMALL_DICT];
+                for i in 0..pairs.len() {
+                    let mut j = i;
+                    while j > 0 && pairs[usize::from(order[j - 1])].0 > pairs[i].0 {
+                        order[j] = order[j - 1];
+                        j -= 1;
+                    }
+                    // `i` < SMALL_DICT ≤ 255.
+                    order[j] = i as u8;
+                }
+                for &i in &order[..pairs.len()] {
+                    let (key, value) = &pairs[usize::from(i)];
+                    encode_bytes(key, out);
+                    encode(value, out);
+                }
+            } else {
+                let mut sorted: Vec<&(Vec<u8>, Value)> = pairs.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                for (key, value) in sorted {
+                    encode_bytes(key, out);
+                    encode(value, out);
+                }
             }
             out.push(b'e');
         }
@@ -690,6 +718,36 @@ mod tests {
         assert_eq!(decoded, v.canonical());
         assert_eq!(decoded.to_bencode(), encoded);
         assert!(encoded.starts_with(b"d4:listl1:ai0elee3:mini-9223372036854775808e1:ni-7e"));
+    }
+
+    /// Dictionaries of every size around the stack-sorting bound, with repeated keys, encode
+    /// as a stable sort of their pairs does.
+    #[test]
+    fn dictionaries_encode_in_stable_key_order() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..=(2 * SMALL_DICT + 1) {
+            for _ in 0..20 {
+                let pairs: Vec<(Vec<u8>, Value)> = (0..len)
+                    .map(|i| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        // Few distinct keys: duplicates are common.
+                        let key = format!("k{}", seed % 7).into_bytes();
+                        (key, Value::Int(i as i64))
+                    })
+                    .collect();
+                let mut reference = pairs.clone();
+                reference.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut expected = b"d".to_vec();
+                for (k, v) in &reference {
+                    encode_bytes(k, &mut expected);
+                    encode(v, &mut expected);
+                }
+                expected.push(b'e');
+                assert_eq!(Value::Dict(pairs).to_bencode(), expected, "{len} pairs");
+            }
+        }
     }
 
     #[test]

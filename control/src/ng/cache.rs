@@ -6,10 +6,12 @@
 //! for a fixed TTL ([`DEFAULT_TTL`]) and is bounded in entries and bytes, evicting the oldest
 //! first. Sans-IO: time comes in as `now`.
 //!
-//! Entries are expired lazily on every call (from the oldest end, amortised O(1)); lookups
-//! and inserts are O(1) on average.
+//! Entries are expired lazily on every call (from the oldest end, amortised O(1), without a
+//! lookup while nothing is due); lookups and inserts are O(1) on average, one hash each. A
+//! cookie is stored once, shared by the index and the age queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// rtpengine's cookie-cache generation length.
@@ -35,10 +37,17 @@ pub struct ReplyCache {
     max_bytes: usize,
     bytes: usize,
     next_seq: u64,
-    entries: HashMap<Vec<u8>, Entry>,
-    /// Cookies in insertion order, with the sequence number of that insertion; a slot whose
-    /// number no longer matches its entry is stale (the cookie was re-inserted or removed).
-    order: VecDeque<(Vec<u8>, u64)>,
+    entries: HashMap<Arc<[u8]>, Entry>,
+    /// Cookies in insertion order, with the sequence number and time of that insertion; a
+    /// slot whose number no longer matches its entry is stale (the cookie was re-inserted or
+    /// removed).
+    order: VecDeque<Slot>,
+}
+
+struct Slot {
+    cookie: Arc<[u8]>,
+    seq: u64,
+    inserted: Instant,
 }
 
 impl Default for ReplyCache {
@@ -94,15 +103,29 @@ impl ReplyCache {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += size;
-        self.entries.insert(
-            cookie.to_vec(),
-            Entry {
-                reply,
-                inserted: now,
-                seq,
-            },
-        );
-        self.order.push_back((cookie.to_vec(), seq));
+        let cookie: Arc<[u8]> = Arc::from(cookie);
+        match self.entries.entry(Arc::clone(&cookie)) {
+            hash_map::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    reply,
+                    inserted: now,
+                    seq,
+                });
+            }
+            // Removed above; kept total for the type.
+            hash_map::Entry::Occupied(mut o) => {
+                *o.get_mut() = Entry {
+                    reply,
+                    inserted: now,
+                    seq,
+                };
+            }
+        }
+        self.order.push_back(Slot {
+            cookie,
+            seq,
+            inserted: now,
+        });
         self.compact();
     }
 
@@ -119,20 +142,19 @@ impl ReplyCache {
 
     /// Drops every entry older than the TTL.
     pub fn expire(&mut self, now: Instant) {
-        while let Some((cookie, seq)) = self.order.front() {
-            match self.entries.get(cookie.as_slice()) {
-                Some(entry) if entry.seq == *seq => {
-                    if now.saturating_duration_since(entry.inserted) < self.ttl {
-                        break;
-                    }
-                    let cookie = cookie.clone();
-                    self.remove(&cookie);
-                    self.order.pop_front();
-                }
-                // Stale slot.
-                _ => {
-                    self.order.pop_front();
-                }
+        // Slots are in insertion order, so the first one not due ends the scan: no lookup
+        // while nothing is due.
+        while let Some(slot) = self.order.front() {
+            if now.saturating_duration_since(slot.inserted) < self.ttl {
+                break;
+            }
+            if let Some(slot) = self.order.pop_front()
+                && self
+                    .entries
+                    .get(&slot.cookie)
+                    .is_some_and(|e| e.seq == slot.seq)
+            {
+                self.remove(&slot.cookie);
             }
         }
     }
@@ -154,9 +176,13 @@ impl ReplyCache {
 
     /// Removes the oldest live entry; `false` if there is none.
     fn evict_oldest(&mut self) -> bool {
-        while let Some((cookie, seq)) = self.order.pop_front() {
-            if self.entries.get(&cookie).is_some_and(|e| e.seq == seq) {
-                self.remove(&cookie);
+        while let Some(slot) = self.order.pop_front() {
+            if self
+                .entries
+                .get(&slot.cookie)
+                .is_some_and(|e| e.seq == slot.seq)
+            {
+                self.remove(&slot.cookie);
                 return true;
             }
         }
@@ -171,7 +197,7 @@ impl ReplyCache {
         }
         let entries = &self.entries;
         self.order
-            .retain(|(cookie, seq)| entries.get(cookie).is_some_and(|e| e.seq == *seq));
+            .retain(|s| entries.get(&s.cookie).is_some_and(|e| e.seq == s.seq));
     }
 }
 
