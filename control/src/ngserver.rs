@@ -6,6 +6,7 @@
 //! descriptions, and rewriting it with the addresses the engine allocated. It does no I/O: the
 //! daemon hands it a datagram and sends back what it returns.
 
+mod report;
 mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -232,11 +233,25 @@ impl NgServer {
         }
         let mut warnings = p.warnings;
         let command = p.request.command().as_str();
-        let mut value = self.execute(engine, admission, p.request, &mut warnings, now);
-        let result = value.get_str("result").unwrap_or("none").to_string();
+        let json = p.encoding.is_json();
+        let (result, bytes) = match self.execute(engine, admission, p.request, &mut warnings, now) {
+            Answer::Report(r) if !json => {
+                let warning = warnings.to_text();
+                let bytes = report::report_datagram(&p.cookie, &r, now.unix_ms, warning.as_deref());
+                ("ok".to_string(), bytes)
+            }
+            Answer::Report(r) => {
+                let mut value = report_reply(&r, now.unix_ms);
+                reply::add_warning(&mut value, warnings.to_text().as_deref());
+                ("ok".to_string(), encode_reply(&p.cookie, &value, json))
+            }
+            Answer::Value(mut value) => {
+                let result = value.get_str("result").unwrap_or("none").to_string();
+                reply::add_warning(&mut value, warnings.to_text().as_deref());
+                (result, encode_reply(&p.cookie, &value, json))
+            }
+        };
         *self.counts.entry((command, result)).or_default() += 1;
-        reply::add_warning(&mut value, warnings.to_text().as_deref());
-        let bytes = encode_reply(&p.cookie, &value, p.encoding.is_json());
         self.cache.insert(&p.cookie, bytes.clone(), now.mono);
         Some(bytes)
     }
@@ -248,8 +263,19 @@ impl NgServer {
         request: Request,
         warnings: &mut Warnings,
         now: Timestamp,
-    ) -> Value {
-        match request {
+    ) -> Answer {
+        if let Request::Delete(d) = &request
+            && !d.options.flags.fast
+            && let Ok(report) = engine.delete(now, &d.call_id)
+        {
+            return Answer::Report(report);
+        }
+        if let Request::Query(q) = &request
+            && let Ok(report) = engine.query(&q.call_id)
+        {
+            return Answer::Report(report);
+        }
+        Answer::Value(match request {
             Request::Ping => reply::pong(),
             Request::Offer(o) => {
                 let supports_limit = o.options.supports_load_limit;
@@ -304,7 +330,7 @@ impl NgServer {
                     .collect();
                 reply::ok().with("calls", Value::List(calls))
             }
-        }
+        })
     }
 
     fn offer<M: MediaPlane, D: Dataplane>(
@@ -505,6 +531,13 @@ fn protocol_change(
             });
         }
     }
+}
+
+/// What a request produced: a reply dictionary, or a call's statistics (`query`, `delete`),
+/// which are written to bencode directly.
+enum Answer {
+    Value(Value),
+    Report(CallReport),
 }
 
 /// A request datagram between decoding and execution.
