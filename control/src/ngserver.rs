@@ -804,16 +804,7 @@ fn streams_of(s: &StreamReport, now_ms: i64, fallback_ms: i64) -> Vec<Value> {
 /// `query`/`delete` statistics in rtpengine's shape: `created`, `created_us`, `last signal`,
 /// `SSRC`, `tags` → `medias` → `streams` (RTP and RTCP port each) → `stats`, and `totals`.
 fn report_reply(r: &CallReport, now_ms: i64) -> Value {
-    let (mut rtp, mut rtcp) = ([0u64; 3], [0u64; 3]);
-    for m in &r.media {
-        for s in [&m.from_a, &m.from_b] {
-            rtp[0] += s.packets.saturating_sub(s.rtcp_packets);
-            rtp[1] += s.bytes.saturating_sub(s.rtcp_bytes);
-            rtp[2] += s.errors;
-            rtcp[0] += s.rtcp_packets;
-            rtcp[1] += s.rtcp_bytes;
-        }
-    }
+    let (rtp, rtcp) = report::totals(r);
     let peer = |tag: Option<&str>| -> Value {
         Value::List(
             tag.map(|t| {

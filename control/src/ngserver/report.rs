@@ -22,16 +22,7 @@ pub(super) fn report_datagram(
     out.extend_from_slice(cookie);
     out.push(b' ');
     let mut w = Writer(&mut out);
-    let (mut rtp, mut rtcp) = ([0u64; 3], [0u64; 3]);
-    for m in &r.media {
-        for s in [&m.from_a, &m.from_b] {
-            rtp[0] += s.packets.saturating_sub(s.rtcp_packets);
-            rtp[1] += s.bytes.saturating_sub(s.rtcp_bytes);
-            rtp[2] += s.errors;
-            rtcp[0] += s.rtcp_packets;
-            rtcp[1] += s.rtcp_bytes;
-        }
-    }
+    let (rtp, rtcp) = totals(r);
     w.open_dict();
     w.key("SSRC");
     w.open_dict();
@@ -74,6 +65,21 @@ pub(super) fn report_datagram(
     }
     w.close();
     out
+}
+
+/// The call's `totals`: RTP and RTCP packets, bytes and errors over both directions.
+pub(super) fn totals(r: &CallReport) -> ([u64; 3], [u64; 3]) {
+    let (mut rtp, mut rtcp) = ([0u64; 3], [0u64; 3]);
+    for m in &r.media {
+        for s in [&m.from_a, &m.from_b] {
+            rtp[0] += s.packets.saturating_sub(s.rtcp_packets);
+            rtp[1] += s.bytes.saturating_sub(s.rtcp_bytes);
+            rtp[2] += s.errors;
+            rtcp[0] += s.rtcp_packets;
+            rtcp[1] += s.rtcp_bytes;
+        }
+    }
+    (rtp, rtcp)
 }
 
 fn tag(
