@@ -19,7 +19,9 @@
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
+mod packet;
+
+use packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, UDP_HLEN, ptr_at, read};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK, xdp_action},
@@ -72,15 +74,9 @@ static NEXTHOPS: HashMap<PinholeKey, NextHop> = HashMap::with_max_entries(MAX_PI
 #[map(name = "META")]
 static META: Array<Meta> = Array::with_max_entries(1, 0);
 
-const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_UDP: u8 = 17;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
 /// Extension headers followed before a chain is declared malformed. Real media carries none.
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 
@@ -102,24 +98,6 @@ fn port_range() -> (u16, u16) {
             rtpedge_common::DEFAULT_PORT_MAX,
         ),
     }
-}
-
-/// A bounds-checked pointer into the packet, or `None` if `T` at `off` would cross `data_end`.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
-
-#[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    // SAFETY: ptr_at checked that the whole T lies inside the packet; byte arrays have
-    // alignment 1.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
 }
 
 /// A UDP packet to the media range, with what the verdict needs.

@@ -19,7 +19,9 @@
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
+mod packet;
+
+use packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, UDP_HLEN, read};
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -49,34 +51,8 @@ static SINK_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LATENCY_BU
 #[map(name = "SINK_TOTALS")]
 static SINK_TOTALS: PerCpuArray<SinkTotals> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_UDP: u8 = 17;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
 /// The RTP header and the stamp: what the sink reads of the payload.
 const HEAD_LEN: usize = STAMP_OFFSET + STAMP_LEN;
-
-/// A bounds-checked pointer into the packet, or `None` if `T` at `off` would cross `data_end`.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-/// Reads whole byte arrays, never single bytes through separate checks: one bounds check per
-/// header keeps the verifier's packet-range tracking simple.
-#[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    // SAFETY: ptr_at checked that the whole T lies inside the packet; byte arrays have
-    // alignment 1.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
-}
 
 #[inline(always)]
 fn be32(b: &[u8; HEAD_LEN], o: usize) -> u32 {
