@@ -264,45 +264,36 @@ impl NgServer {
         warnings: &mut Warnings,
         now: Timestamp,
     ) -> Answer {
-        if let Request::Delete(d) = &request
-            && !d.options.flags.fast
-            && let Ok(report) = engine.delete(now, &d.call_id)
-        {
-            return Answer::Report(report);
-        }
-        if let Request::Query(q) = &request
-            && let Ok(report) = engine.query(&q.call_id)
-        {
-            return Answer::Report(report);
-        }
-        Answer::Value(match request {
-            Request::Ping => reply::pong(),
+        match request {
+            Request::Ping => Answer::Value(reply::pong()),
             Request::Offer(o) => {
                 let supports_limit = o.options.supports_load_limit;
                 let result = self.offer(engine, admission, o, warnings, now);
-                into_reply(result, supports_limit)
+                Answer::Value(into_reply(result, supports_limit))
             }
             Request::Answer(a) => {
                 let supports_limit = a.options.supports_load_limit;
                 let result = self.answer(engine, a, warnings, now);
-                into_reply(result, supports_limit)
+                Answer::Value(into_reply(result, supports_limit))
             }
             Request::Delete(d) => match engine.delete(now, &d.call_id) {
                 Ok(report) if d.options.flags.fast => {
-                    reply::ok().with("created", report.created_ms / 1000)
+                    Answer::Value(reply::ok().with("created", report.created_ms / 1000))
                 }
-                Ok(report) => report_reply(&report, now.unix_ms),
+                Ok(report) => Answer::Report(report),
                 Err(EngineError::UnknownCall) if d.options.flags.fatal => {
-                    reply::error(DELETE_NOT_FOUND)
+                    Answer::Value(reply::error(DELETE_NOT_FOUND))
                 }
-                Err(EngineError::UnknownCall) => reply::ok().with("warning", DELETE_NOT_FOUND),
-                Err(e) => reply::error(&e.to_string()),
+                Err(EngineError::UnknownCall) => {
+                    Answer::Value(reply::ok().with("warning", DELETE_NOT_FOUND))
+                }
+                Err(e) => Answer::Value(reply::error(&e.to_string())),
             },
             Request::Query(q) => match engine.query(&q.call_id) {
-                Ok(report) => report_reply(&report, now.unix_ms),
-                Err(e) => reply::error(&e.to_string()),
+                Ok(report) => Answer::Report(report),
+                Err(e) => Answer::Value(reply::error(&e.to_string())),
             },
-            Request::Service(s) => {
+            Request::Service(s) => Answer::Value({
                 let outcome = json_of(&s.params)
                     .and_then(|p| crate::services::ServiceRequest::from_json(&p))
                     .and_then(|req| admission.insert_service(now, engine, &s.call_id, &req));
@@ -320,8 +311,8 @@ impl NgServer {
                     }
                     Err(e) => reply::error(&e.to_string()).with("error-code", e.code()),
                 }
-            }
-            Request::List(l) => {
+            }),
+            Request::List(l) => Answer::Value({
                 let calls: Vec<Value> = engine
                     .call_ids()
                     .into_iter()
@@ -329,8 +320,8 @@ impl NgServer {
                     .map(Value::from)
                     .collect();
                 reply::ok().with("calls", Value::List(calls))
-            }
-        })
+            }),
+        }
     }
 
     fn offer<M: MediaPlane, D: Dataplane>(
