@@ -436,36 +436,44 @@ impl Bridge {
         rtcp_mux: bool,
         parked: bool,
     ) -> std::io::Result<LegSockets> {
-        // Non-blocking from creation (no fcntl round trips). RTCP (about one packet in a
-        // hundred) keeps the system's default buffers: only the RTP socket gets big ones.
-        let bind = |port: u16, big_buffers: bool| -> std::io::Result<UdpSocket> {
-            let s = RawSocket::new(
-                Domain::for_address(SocketAddr::new(ip, port)),
-                Type::DGRAM.nonblocking(),
-                Some(Protocol::UDP),
-            )?;
-            if ip.is_ipv6() {
-                s.set_only_v6(true)?;
-            }
-            if big_buffers && self.cfg.socket_buffer > 0 {
-                if !parked {
-                    let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
-                }
-                let _ = s.set_send_buffer_size(self.cfg.socket_buffer);
-            }
-            if parked {
-                s.set_recv_buffer_size(0)?;
-            }
-            s.bind(&SocketAddr::new(ip, port).into())?;
-            Ok(s.into())
-        };
-        let rtp = bind(port, true)?;
+        let rtp = self.bind_socket(ip, port, true, parked)?;
         let rtcp = if rtcp_mux {
             None
         } else {
-            Some(bind(port + 1, false)?)
+            Some(self.bind_socket(ip, port + 1, false, parked)?)
         };
         Ok(LegSockets { rtp, rtcp })
+    }
+
+    /// Binds one media socket, non-blocking from creation (no fcntl round trips). RTCP (about
+    /// one packet in a hundred) keeps the system's default buffers: only RTP sockets
+    /// (`big_buffers`) get big ones.
+    fn bind_socket(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        big_buffers: bool,
+        parked: bool,
+    ) -> std::io::Result<UdpSocket> {
+        let s = RawSocket::new(
+            Domain::for_address(SocketAddr::new(ip, port)),
+            Type::DGRAM.nonblocking(),
+            Some(Protocol::UDP),
+        )?;
+        if ip.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if big_buffers && self.cfg.socket_buffer > 0 {
+            if !parked {
+                let _ = s.set_recv_buffer_size(self.cfg.socket_buffer);
+            }
+            let _ = s.set_send_buffer_size(self.cfg.socket_buffer);
+        }
+        if parked {
+            s.set_recv_buffer_size(0)?;
+        }
+        s.bind(&SocketAddr::new(ip, port).into())?;
+        Ok(s.into())
     }
 
     /// Provisions a leg: binds its ports and hands it to a worker. Media arriving before the
@@ -606,7 +614,7 @@ impl Bridge {
                 match (rtcp_mux, sockets.rtcp.is_some()) {
                     (true, true) => sockets.rtcp = None,
                     (false, false) => {
-                        sockets.rtcp = Some(self.bind_pair(ip, port + 1, true, false)?.rtp);
+                        sockets.rtcp = Some(self.bind_socket(ip, port + 1, false, false)?);
                     }
                     _ => {}
                 }

@@ -43,6 +43,8 @@ pub(crate) struct Buffers {
 pub(crate) struct Reserve {
     ready: HashMap<IpAddr, Vec<(u16, LegSockets)>>,
     resting: VecDeque<Resting>,
+    /// Resting pairs per address (what `resting` holds, counted as it changes).
+    resting_by_ip: HashMap<IpAddr, usize>,
     quarantine_ns: u64,
     /// Most pairs held (ready + resting); a pair released beyond it is closed.
     capacity: usize,
@@ -54,6 +56,7 @@ impl Reserve {
         Self {
             ready: HashMap::new(),
             resting: VecDeque::new(),
+            resting_by_ip: HashMap::new(),
             quarantine_ns,
             capacity,
             held: 0,
@@ -72,7 +75,7 @@ impl Reserve {
 
     /// Resting pairs of an address.
     pub(crate) fn resting(&self, ip: IpAddr) -> usize {
-        self.resting.iter().filter(|r| r.ip == ip).count()
+        self.resting_by_ip.get(&ip).copied().unwrap_or(0)
     }
 
     /// Whether another pair fits.
@@ -88,6 +91,9 @@ impl Reserve {
             .is_some_and(|r| r.ready_at_ns <= now_ns)
         {
             if let Some(r) = self.resting.pop_front() {
+                if let Some(n) = self.resting_by_ip.get_mut(&r.ip) {
+                    *n -= 1;
+                }
                 self.ready
                     .entry(r.ip)
                     .or_default()
@@ -132,6 +138,7 @@ impl Reserve {
             return Err(sockets);
         }
         self.held += 1;
+        *self.resting_by_ip.entry(ip).or_default() += 1;
         self.resting.push_back(Resting {
             ip,
             port,
